@@ -1,0 +1,501 @@
+// The syscalls behind the binding (see fdpass.h). Linux first; macOS compiles, using fcntl where
+// Linux sets flags atomically, and getpeereid where Linux has SO_PEERCRED.
+#include "fdpass.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace fdpass {
+namespace {
+
+Result Ok(int64_t value) {
+  Result result;
+  result.value = value;
+  return result;
+}
+
+Result Fail(const char* syscall, int errnum) {
+  Result result;
+  result.value = -1;
+  result.err = -errnum;
+  result.syscall = syscall;
+  return result;
+}
+
+bool IsWouldBlock(int errnum) {
+  return errnum == EAGAIN || errnum == EWOULDBLOCK;
+}
+
+// close(2) on a cleanup path (macOS), keeping the errno of the failure being reported.
+[[maybe_unused]] void CloseQuietly(int fd) {
+  int saved = errno;
+  close(fd);
+  errno = saved;
+}
+
+[[maybe_unused]] int SetCloseOnExec(int fd) {
+  return fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+int SetStatusFlag(int fd, int flag, bool on) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) return -1;
+  int wanted = on ? (flags | flag) : (flags & ~flag);
+  if (wanted == flags) return 0;
+  return fcntl(fd, F_SETFL, wanted);
+}
+
+#ifndef __linux__
+// Where accept4 / SOCK_CLOEXEC are missing: set the flags right after the fd appears.
+int SetNewFdFlags(int fd, bool nonBlocking) {
+  if (SetCloseOnExec(fd) < 0) return -1;
+  if (nonBlocking && SetStatusFlag(fd, O_NONBLOCK, true) < 0) return -1;
+  return 0;
+}
+#endif
+
+// socket(AF_UNIX, type), close-on-exec, and non-blocking when asked; -1 with errno on failure.
+int OpenUnixSocket(int type, bool nonBlocking) {
+#ifdef __linux__
+  return socket(AF_UNIX, type | SOCK_CLOEXEC | (nonBlocking ? SOCK_NONBLOCK : 0), 0);
+#else
+  int fd = socket(AF_UNIX, type, 0);
+  if (fd < 0) return -1;
+  if (SetNewFdFlags(fd, nonBlocking) < 0) {
+    CloseQuietly(fd);
+    return -1;
+  }
+  return fd;
+#endif
+}
+
+// Fills a sockaddr_un from path bytes; 0 or -errno. A leading NUL is an abstract name (Linux):
+// its length is the address length, with no terminator.
+int FillUnixAddress(const char* path, size_t length, sockaddr_un* address, socklen_t* addressLength) {
+  std::memset(address, 0, sizeof(*address));
+  address->sun_family = AF_UNIX;
+  if (length == 0) return -EINVAL;
+  bool abstract = path[0] == '\0';
+#ifndef __linux__
+  if (abstract) return -EINVAL;
+#endif
+  size_t room = sizeof(address->sun_path);
+  if (abstract ? length > room : length >= room) return -ENAMETOOLONG;
+  std::memcpy(address->sun_path, path, length);
+  *addressLength = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + length + (abstract ? 0 : 1));
+  return 0;
+}
+
+// Room for the most fds any message may carry; the kernel is told less when the caller wants less.
+constexpr size_t kControlBytes = CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage);
+
+const char* TypeName(int type) {
+  switch (type) {
+    case SOCK_STREAM:
+      return "stream";
+    case SOCK_DGRAM:
+      return "dgram";
+    case SOCK_SEQPACKET:
+      return "seqpacket";
+    case SOCK_RAW:
+      return "raw";
+    default:
+      return "unknown";
+  }
+}
+
+const char* FamilyName(int family) {
+  switch (family) {
+    case AF_INET:
+      return "inet";
+    case AF_INET6:
+      return "inet6";
+    case AF_UNIX:
+      return "unix";
+    default:
+      return "unknown";
+  }
+}
+
+// GNU strerror_r returns the message; XSI strerror_r fills the buffer. Overloads pick the right one.
+[[maybe_unused]] const char* PickMessage(int, const char* buffer) {
+  return buffer;
+}
+[[maybe_unused]] const char* PickMessage(const char* message, const char*) {
+  return message;
+}
+
+struct ErrnoEntry {
+  int number;
+  const char* name;
+};
+
+// Names as Node reports them (util.getSystemErrorName): first match wins where two are equal.
+const ErrnoEntry kErrnoNames[] = {
+    {E2BIG, "E2BIG"},
+    {EACCES, "EACCES"},
+    {EADDRINUSE, "EADDRINUSE"},
+    {EADDRNOTAVAIL, "EADDRNOTAVAIL"},
+    {EAFNOSUPPORT, "EAFNOSUPPORT"},
+    {EAGAIN, "EAGAIN"},
+    {EALREADY, "EALREADY"},
+    {EBADF, "EBADF"},
+    {EBUSY, "EBUSY"},
+    {ECANCELED, "ECANCELED"},
+    {ECONNABORTED, "ECONNABORTED"},
+    {ECONNREFUSED, "ECONNREFUSED"},
+    {ECONNRESET, "ECONNRESET"},
+    {EDESTADDRREQ, "EDESTADDRREQ"},
+    {EEXIST, "EEXIST"},
+    {EFAULT, "EFAULT"},
+    {EFBIG, "EFBIG"},
+    {EHOSTUNREACH, "EHOSTUNREACH"},
+    {EINPROGRESS, "EINPROGRESS"},
+    {EINTR, "EINTR"},
+    {EINVAL, "EINVAL"},
+    {EIO, "EIO"},
+    {EISCONN, "EISCONN"},
+    {EISDIR, "EISDIR"},
+    {ELOOP, "ELOOP"},
+    {EMFILE, "EMFILE"},
+    {EMSGSIZE, "EMSGSIZE"},
+    {ENAMETOOLONG, "ENAMETOOLONG"},
+    {ENETDOWN, "ENETDOWN"},
+    {ENETUNREACH, "ENETUNREACH"},
+    {ENFILE, "ENFILE"},
+    {ENOBUFS, "ENOBUFS"},
+    {ENODEV, "ENODEV"},
+    {ENOENT, "ENOENT"},
+    {ENOMEM, "ENOMEM"},
+    {ENOPROTOOPT, "ENOPROTOOPT"},
+    {ENOSPC, "ENOSPC"},
+    {ENOSYS, "ENOSYS"},
+    {ENOTCONN, "ENOTCONN"},
+    {ENOTDIR, "ENOTDIR"},
+    {ENOTEMPTY, "ENOTEMPTY"},
+    {ENOTSOCK, "ENOTSOCK"},
+    {ENOTSUP, "ENOTSUP"},
+    {EOPNOTSUPP, "EOPNOTSUPP"},
+    {EOVERFLOW, "EOVERFLOW"},
+    {EPERM, "EPERM"},
+    {EPIPE, "EPIPE"},
+    {EPROTO, "EPROTO"},
+    {EPROTONOSUPPORT, "EPROTONOSUPPORT"},
+    {EPROTOTYPE, "EPROTOTYPE"},
+    {ERANGE, "ERANGE"},
+    {EROFS, "EROFS"},
+    {ESHUTDOWN, "ESHUTDOWN"},
+    {ESPIPE, "ESPIPE"},
+    {ESRCH, "ESRCH"},
+    {ETIMEDOUT, "ETIMEDOUT"},
+    {ETOOMANYREFS, "ETOOMANYREFS"},
+    {ETXTBSY, "ETXTBSY"},
+    {EXDEV, "EXDEV"},
+};
+
+}  // namespace
+
+Result SeqpacketPair(int fds[2]) {
+#ifdef __linux__
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) < 0) {
+    return Fail("socketpair", errno);
+  }
+#else
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, fds) < 0) return Fail("socketpair", errno);
+  if (SetNewFdFlags(fds[0], true) < 0 || SetNewFdFlags(fds[1], true) < 0) {
+    Result result = Fail("fcntl", errno);
+    close(fds[0]);
+    close(fds[1]);
+    return result;
+  }
+#endif
+  return Ok(0);
+}
+
+Result SeqpacketListen(const char* path, size_t length, int backlog) {
+  sockaddr_un address;
+  socklen_t addressLength = 0;
+  int err = FillUnixAddress(path, length, &address, &addressLength);
+  if (err != 0) return Fail("bind", -err);
+  int fd = OpenUnixSocket(SOCK_SEQPACKET, true);
+  if (fd < 0) return Fail("socket", errno);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&address), addressLength) < 0) {
+    Result result = Fail("bind", errno);
+    close(fd);
+    return result;
+  }
+  if (listen(fd, backlog) < 0) {
+    Result result = Fail("listen", errno);
+    close(fd);
+    // bind created the file: do not leave a socket file nobody listens on.
+    if (path[0] != '\0') unlink(address.sun_path);
+    return result;
+  }
+  return Ok(fd);
+}
+
+Result SeqpacketConnect(const char* path, size_t length) {
+  sockaddr_un address;
+  socklen_t addressLength = 0;
+  int err = FillUnixAddress(path, length, &address, &addressLength);
+  if (err != 0) return Fail("connect", -err);
+  // Blocking connect: a local unix connect completes at once unless the listener's backlog is full.
+  int fd = OpenUnixSocket(SOCK_SEQPACKET, false);
+  if (fd < 0) return Fail("socket", errno);
+  bool interrupted = false;
+  for (;;) {
+    if (connect(fd, reinterpret_cast<sockaddr*>(&address), addressLength) == 0) break;
+    if (errno == EINTR) {
+      interrupted = true;
+      continue;
+    }
+    // A retried connect that had completed before the signal reports EISCONN.
+    if (interrupted && errno == EISCONN) break;
+    Result result = Fail("connect", errno);
+    close(fd);
+    return result;
+  }
+  if (SetStatusFlag(fd, O_NONBLOCK, true) < 0) {
+    Result result = Fail("fcntl", errno);
+    close(fd);
+    return result;
+  }
+  return Ok(fd);
+}
+
+Result Accept(int fd) {
+  for (;;) {
+#ifdef __linux__
+    int connection = accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+    int connection = accept(fd, nullptr, nullptr);
+#endif
+    if (connection >= 0) {
+#ifndef __linux__
+      if (SetNewFdFlags(connection, true) < 0) {
+        Result result = Fail("fcntl", errno);
+        close(connection);
+        return result;
+      }
+#endif
+      return Ok(connection);
+    }
+    // A connection reset before it was accepted is not the listener's failure (libuv does the same).
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    if (IsWouldBlock(errno)) return Ok(kWouldBlock);
+    return Fail("accept", errno);
+  }
+}
+
+Result SendMessage(int fd, const void* data, size_t length, const int* fds, size_t fdCount) {
+  if (fdCount > static_cast<size_t>(kMaxFdsPerMessage)) return Fail("sendmsg", EINVAL);
+  iovec vector;
+  vector.iov_base = const_cast<void*>(data);
+  vector.iov_len = length;
+  msghdr message;
+  std::memset(&message, 0, sizeof(message));
+  message.msg_iov = &vector;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) unsigned char control[kControlBytes];
+  if (fdCount > 0) {
+    size_t controlLength = CMSG_SPACE(sizeof(int) * fdCount);
+    std::memset(control, 0, controlLength);
+    message.msg_control = control;
+    message.msg_controllen = static_cast<decltype(message.msg_controllen)>(controlLength);
+    cmsghdr* header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = static_cast<decltype(header->cmsg_len)>(CMSG_LEN(sizeof(int) * fdCount));
+    std::memcpy(CMSG_DATA(header), fds, sizeof(int) * fdCount);
+  }
+  int flags = 0;
+#ifdef MSG_NOSIGNAL
+  flags |= MSG_NOSIGNAL;
+#endif
+  for (;;) {
+    ssize_t sent = sendmsg(fd, &message, flags);
+    if (sent >= 0) return Ok(sent);
+    if (errno == EINTR) continue;
+    if (IsWouldBlock(errno)) return Ok(kWouldBlock);
+    return Fail("sendmsg", errno);
+  }
+}
+
+Result ReceiveMessage(int fd, void* buffer, size_t length, int maxFds, ReceivedFds* received) {
+  received->count = 0;
+  if (maxFds < 0 || maxFds > kMaxFdsPerMessage) return Fail("recvmsg", EINVAL);
+  iovec vector;
+  vector.iov_base = buffer;
+  vector.iov_len = length;
+  msghdr message;
+  std::memset(&message, 0, sizeof(message));
+  message.msg_iov = &vector;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) unsigned char control[kControlBytes];
+  if (maxFds > 0) {
+    message.msg_control = control;
+    message.msg_controllen = static_cast<decltype(message.msg_controllen)>(CMSG_SPACE(sizeof(int) * maxFds));
+  }
+  int flags = 0;
+#ifdef MSG_CMSG_CLOEXEC
+  flags |= MSG_CMSG_CLOEXEC;
+#endif
+  ssize_t bytes;
+  for (;;) {
+    bytes = recvmsg(fd, &message, flags);
+    if (bytes >= 0) break;
+    if (errno == EINTR) continue;
+    if (IsWouldBlock(errno)) return Ok(kWouldBlock);
+    return Fail("recvmsg", errno);
+  }
+
+  // CMSG_SPACE pads odd counts, so the kernel may deliver one fd more than maxFds: collect
+  // everything that arrived (it all fits in control), then judge.
+  int arrived[kControlBytes / sizeof(int)];
+  int arrivedCount = 0;
+  if (message.msg_controllen > 0) {
+    for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr; header = CMSG_NXTHDR(&message, header)) {
+      if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+      size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      const unsigned char* data = CMSG_DATA(header);
+      for (size_t i = 0; i < count && arrivedCount < static_cast<int>(sizeof(arrived) / sizeof(int)); i++) {
+        std::memcpy(&arrived[arrivedCount++], data + i * sizeof(int), sizeof(int));
+      }
+    }
+  }
+
+  bool truncated = (message.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) != 0 || arrivedCount > maxFds;
+  if (truncated) {
+    for (int i = 0; i < arrivedCount; i++) close(arrived[i]);
+    return Fail("recvmsg", EMSGSIZE);
+  }
+  for (int i = 0; i < arrivedCount; i++) {
+#ifndef MSG_CMSG_CLOEXEC
+    SetCloseOnExec(arrived[i]);
+#endif
+    received->fds[i] = arrived[i];
+  }
+  received->count = arrivedCount;
+  return Ok(bytes);
+}
+
+Result PeerCredentials(int fd, Credentials* credentials) {
+#ifdef __linux__
+  ucred peer;
+  socklen_t length = sizeof(peer);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &length) < 0) return Fail("getsockopt", errno);
+  credentials->pid = peer.pid;
+  credentials->uid = peer.uid;
+  credentials->gid = peer.gid;
+#else
+  uid_t uid;
+  gid_t gid;
+  if (getpeereid(fd, &uid, &gid) < 0) return Fail("getpeereid", errno);
+  credentials->pid = -1;
+  credentials->uid = uid;
+  credentials->gid = gid;
+#endif
+  return Ok(0);
+}
+
+Result DescribeSocket(int fd, SocketDescription* description) {
+  int type = 0;
+  socklen_t length = sizeof(type);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0) return Fail("getsockopt", errno);
+  int accepting = 0;
+  length = sizeof(accepting);
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length) < 0) return Fail("getsockopt", errno);
+
+  sockaddr_storage address;
+  std::memset(&address, 0, sizeof(address));
+  socklen_t addressLength = sizeof(address);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &addressLength) < 0) {
+    return Fail("getsockname", errno);
+  }
+  int family = address.ss_family;
+#ifdef SO_DOMAIN
+  int domain = 0;
+  length = sizeof(domain);
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0) family = domain;
+#endif
+
+  description->type = TypeName(type);
+  description->family = FamilyName(family);
+  description->listening = accepting != 0;
+  char text[INET6_ADDRSTRLEN];
+  if (family == AF_INET && address.ss_family == AF_INET) {
+    const sockaddr_in* inet = reinterpret_cast<const sockaddr_in*>(&address);
+    if (inet_ntop(AF_INET, &inet->sin_addr, text, sizeof(text)) == nullptr) return Fail("inet_ntop", errno);
+    description->hasAddress = true;
+    description->address = text;
+    description->port = ntohs(inet->sin_port);
+  } else if (family == AF_INET6 && address.ss_family == AF_INET6) {
+    const sockaddr_in6* inet6 = reinterpret_cast<const sockaddr_in6*>(&address);
+    if (inet_ntop(AF_INET6, &inet6->sin6_addr, text, sizeof(text)) == nullptr) return Fail("inet_ntop", errno);
+    description->hasAddress = true;
+    description->address = text;
+    description->port = ntohs(inet6->sin6_port);
+  } else if (family == AF_UNIX) {
+    const sockaddr_un* local = reinterpret_cast<const sockaddr_un*>(&address);
+    size_t offset = offsetof(sockaddr_un, sun_path);
+    size_t pathLength = addressLength > offset ? addressLength - offset : 0;
+    if (pathLength > sizeof(local->sun_path)) pathLength = sizeof(local->sun_path);
+    description->hasPath = true;
+#ifdef __linux__
+    // An abstract name is every byte the address length covers, its leading NUL included.
+    if (pathLength > 0 && local->sun_path[0] == '\0') {
+      description->path.assign(local->sun_path, pathLength);
+      return Ok(0);
+    }
+#endif
+    description->path.assign(local->sun_path, strnlen(local->sun_path, pathLength));
+  }
+  return Ok(0);
+}
+
+Result Dup(int fd) {
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) return Fail("fcntl", errno);
+  return Ok(copy);
+}
+
+Result Close(int fd) {
+  if (close(fd) == 0 || errno == EINTR) return Ok(0);
+  return Fail("close", errno);
+}
+
+Result SetNonBlocking(int fd, bool on) {
+  if (SetStatusFlag(fd, O_NONBLOCK, on) < 0) return Fail("fcntl", errno);
+  return Ok(0);
+}
+
+Result IdentifyFile(int fd, FileIdentity* identity) {
+  struct stat status;
+  if (fstat(fd, &status) < 0) return Fail("fstat", errno);
+  identity->device = static_cast<uint64_t>(status.st_dev);
+  identity->inode = static_cast<uint64_t>(status.st_ino);
+  return Ok(0);
+}
+
+const char* ErrnoName(int err) {
+  for (const ErrnoEntry& entry : kErrnoNames) {
+    if (entry.number == -err) return entry.name;
+  }
+  return "UNKNOWN";
+}
+
+std::string ErrnoMessage(int err) {
+  char buffer[256];
+  buffer[0] = '\0';
+  return PickMessage(strerror_r(-err, buffer, sizeof(buffer)), buffer);
+}
+
+}  // namespace fdpass

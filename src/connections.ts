@@ -1,0 +1,554 @@
+// Moving a live connection: the predecessor stops reading it, collects the bytes it already read,
+// sends a dup of its fd in a batched CONN frame and closes its own copy only on ACK; the successor
+// adopts the fd, acknowledges, and only then starts reading. Late writes travel as WRITE frames.
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import createDebug from 'debug';
+import { binding } from './native';
+import { HandoverError } from './errors';
+import { closeFds } from './listeners';
+import type { ConnEntry, Message } from './protocol';
+import type { ControlSession } from './session';
+
+const debug = createDebug('handover:connections');
+
+/** The Node internals a move relies on (POSIX, Node 20): checked once, before the first move. */
+interface TcpHandle {
+  fd: number;
+  reading: boolean;
+  writeQueueSize: number;
+  readStart(): number;
+  readStop(): number;
+  close(cb?: () => void): void;
+}
+
+interface InternalSocket extends net.Socket {
+  _handle: TcpHandle | null;
+  _server?: net.Server | null;
+  server?: net.Server;
+  _readableState: { length: number; encoding: BufferEncoding | null; ended: boolean };
+  _write: (chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void) => void;
+  _writev: (chunks: { chunk: Buffer; encoding: BufferEncoding }[], cb: (err?: Error | null) => void) => void;
+  _final: (cb: (err?: Error | null) => void) => void;
+}
+
+interface InternalServer extends net.Server {
+  _connections: number;
+  allowHalfOpen?: boolean;
+}
+
+/** What to hand over with a connection. */
+export interface TransferOptions {
+  /** Bytes already read from the socket by the application but not yet processed (a decoder's leftover). */
+  pending?: Buffer;
+  /** Small JSON-serialisable protocol state for the successor's adapter. */
+  state?: unknown;
+  /**
+   * The application will still write on this socket (responses to requests in flight). Writes
+   * after the move are forwarded to the successor in order; call socket.destroy() (or end())
+   * when it will write no more. Default false: the socket is destroyed (a plain close) on ACK.
+   */
+  lateWrites?: boolean;
+}
+
+/** What the successor's adapter receives with an adopted connection. */
+export interface AdoptedConnection {
+  /** The listener key of the server the connection belongs to. */
+  key: string;
+  /** Bytes the predecessor had read but not processed: decode them before anything else. */
+  pending: Buffer;
+  /** The state the predecessor's adapter handed over. */
+  state: unknown;
+}
+
+/** An adopt handler for a net.Server: receives the live socket, paused, and its pending bytes. */
+export type AdoptHandler = (socket: net.Socket, connection: AdoptedConnection) => void;
+
+/**
+ * checkInternals verifies that this Node.js still has the internals a move relies on (the TCP
+ * handle's fd, readStart/readStop/writeQueueSize, Writable's _write/_writev/_final on sockets).
+ * Checked on every socket, since a move on a runtime that changed them would lose bytes.
+ */
+export function checkInternals(socket: net.Socket): HandoverError | null {
+  const missing: string[] = [];
+  const record = socket as unknown as Record<string, unknown>;
+  for (const name of ['_write', '_writev', '_final', '_destroy', 'unshift']) {
+    if (typeof record[name] !== 'function') missing.push(`net.Socket#${name}`);
+  }
+  const handle = record._handle as Record<string, unknown> | null | undefined;
+  if (handle) {
+    for (const name of ['readStart', 'readStop', 'close']) if (typeof handle[name] !== 'function') missing.push(`handle.${name}`);
+    if (typeof handle.fd !== 'number') missing.push('handle.fd');
+    if (typeof handle.writeQueueSize !== 'number') missing.push('handle.writeQueueSize');
+    if (typeof handle.reading !== 'boolean' && handle.reading !== undefined) missing.push('handle.reading');
+  }
+  const state = record._readableState as Record<string, unknown> | undefined;
+  if (!state || typeof state.length !== 'number') missing.push('net.Socket#_readableState.length');
+  return missing.length === 0
+    ? null
+    : new HandoverError('ERR_HANDOVER_UNSUPPORTED_RUNTIME', `Node.js ${process.version} lacks internals needed to move connections: ${missing.join(', ')}`);
+}
+
+/** Stops reading at the kernel level and keeps anything (resume(), timers, HTTP) from restarting it. */
+function freezeReading(socket: InternalSocket): () => void {
+  const handle = socket._handle!;
+  const originalReadStart = Object.prototype.hasOwnProperty.call(handle, 'readStart') ? handle.readStart : undefined;
+  const wasReading = handle.reading;
+  handle.readStop();
+  handle.reading = false;
+  handle.readStart = () => 0;
+  return () => {
+    if (originalReadStart) handle.readStart = originalReadStart;
+    else delete (handle as Partial<TcpHandle>).readStart;
+    if (wasReading) {
+      handle.reading = true;
+      handle.readStart();
+    }
+  };
+}
+
+/** Takes what the stream already buffered (read from the kernel, not yet delivered), without emitting it. */
+function takeBuffered(socket: InternalSocket): Buffer {
+  const state = socket._readableState;
+  if (!state || state.length === 0) return Buffer.alloc(0);
+  const dataListeners = socket.rawListeners('data') as ((...args: unknown[]) => void)[];
+  socket.removeAllListeners('data');
+  const chunks: Buffer[] = [];
+  let chunk: Buffer | string | null;
+  while ((chunk = socket.read() as Buffer | string | null) !== null) {
+    chunks.push(typeof chunk === 'string' ? Buffer.from(chunk, state.encoding ?? 'utf8') : chunk);
+  }
+  // Re-attach with the plain EventEmitter method: http wraps socket.on('data') to unconsume its parser.
+  for (const listener of dataListeners) EventEmitter.prototype.on.call(socket, 'data', listener);
+  return Buffer.concat(chunks);
+}
+
+function writesFlushed(socket: InternalSocket): boolean {
+  return socket.writableLength === 0 && (socket._handle?.writeQueueSize ?? 0) === 0;
+}
+
+function waitWritesFlushed(socket: InternalSocket): Promise<void> {
+  if (writesFlushed(socket)) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (socket.destroyed) {
+        cleanup();
+        reject(new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the socket was destroyed while its writes were flushing'));
+      } else if (writesFlushed(socket)) {
+        cleanup();
+        resolve();
+      }
+    };
+    // 'drain' fires only after a write returned false; poll once per loop turn as a fallback.
+    const interval = setInterval(check, 1);
+    const cleanup = (): void => {
+      clearInterval(interval);
+      socket.removeListener('drain', check);
+      socket.removeListener('close', check);
+    };
+    socket.on('drain', check);
+    socket.on('close', check);
+  });
+}
+
+interface HeldWrite {
+  chunks: Buffer[];
+  cb: (err?: Error | null) => void;
+}
+
+interface Moving {
+  id: number;
+  socket: InternalSocket;
+  key: string;
+  pending: Buffer;
+  buffered: Buffer;
+  state: unknown;
+  lateWrites: boolean;
+  fd: number;
+  thaw: () => void;
+  held: HeldWrite | undefined;
+  acked: boolean;
+  writeSeq: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+/** Most connections per CONN frame: the kernel's limit of fds per sendmsg. */
+const BATCH = 253;
+
+export interface MoverHooks {
+  /** The listener key of a tracked socket, or undefined for a socket of no server given to listen(). */
+  keyOf(socket: net.Socket): string | undefined;
+  /** Called when the successor acknowledged a socket (it now belongs to the successor). */
+  moved(socket: net.Socket): void;
+}
+
+/**
+ * ConnectionMover is the predecessor's side of moving connections over one control session:
+ * it batches CONN frames, matches CONN_ACKs, forwards late writes, and on NACK or a lost
+ * successor gives every unacknowledged connection back to the application, untouched.
+ */
+export class ConnectionMover {
+  private nextId = 1;
+  private readonly moving = new Map<number, Moving>();
+  private readonly forwarding = new Map<number, Moving>();
+  private readonly pendingWriteAcks = new Map<string, (err?: Error | null) => void>();
+  private readonly queue: Moving[] = [];
+  private flushScheduled = false;
+  private closed = false;
+  private readonly claimed = new WeakSet<net.Socket>();
+
+  constructor(
+    private readonly session: ControlSession,
+    private readonly hooks: MoverHooks,
+  ) {}
+
+  /** isMoving tells whether a socket is already on its way (or gone). */
+  has(socket: net.Socket): boolean {
+    return this.claimed.has(socket);
+  }
+
+  /** transfer moves one socket; resolves when the successor acknowledged it. */
+  async transfer(socketArg: net.Socket, options: TransferOptions = {}): Promise<void> {
+    if (!(socketArg instanceof net.Socket)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'transferConnection() needs a net.Socket');
+    const socket = socketArg as InternalSocket;
+    if (this.closed) throw new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; the connection stays here');
+    if (this.claimed.has(socket)) throw new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the connection is already being moved');
+    if (socket.destroyed || !socket._handle || typeof socket._handle.fd !== 'number' || socket._handle.fd < 0) {
+      throw new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the socket has no open handle (destroyed, or not a TCP/unix stream)');
+    }
+    if (socket.readableEnded || socket.writableEnded || socket.writableFinished) {
+      throw new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the socket is half-closed');
+    }
+    const unsupported = checkInternals(socket);
+    if (unsupported) throw unsupported;
+    const key = this.hooks.keyOf(socket);
+    if (key === undefined) throw new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the socket does not belong to a server given to upgrader.listen()');
+    if (options.pending !== undefined && !Buffer.isBuffer(options.pending)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.pending must be a Buffer');
+    this.claimed.add(socket);
+    // 1. No byte is read by this process after the decision.
+    const thaw = freezeReading(socket);
+    // Timers of the old copy must not close it while it travels.
+    socket.setTimeout(0);
+    // 2. Whatever the application wrote before the decision reaches the kernel first.
+    try {
+      await waitWritesFlushed(socket);
+    } catch (err) {
+      thaw();
+      this.claimed.delete(socket);
+      throw err;
+    }
+    if (this.closed) {
+      thaw();
+      this.claimed.delete(socket);
+      throw new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; the connection stays here');
+    }
+    const buffered = takeBuffered(socket);
+    const pending = options.pending && options.pending.length > 0 ? Buffer.concat([options.pending, buffered]) : buffered;
+    return new Promise<void>((resolve, reject) => {
+      const entry: Moving = {
+        id: this.nextId++,
+        socket,
+        key,
+        pending,
+        buffered,
+        state: options.state,
+        lateWrites: options.lateWrites === true,
+        fd: binding().dup(socket._handle!.fd),
+        thaw,
+        held: undefined,
+        acked: false,
+        writeSeq: 0,
+        resolve,
+        reject,
+      };
+      // 3. From now on writes wait for the ACK (then travel as WRITE frames) or the NACK (then go out here).
+      this.interceptWrites(entry);
+      this.moving.set(entry.id, entry);
+      this.queue.push(entry);
+      this.scheduleFlush();
+    });
+  }
+
+  private interceptWrites(entry: Moving): void {
+    const { socket } = entry;
+    socket._write = (chunk, _encoding, cb) => this.write(entry, [chunk], cb);
+    socket._writev = (chunks, cb) => this.write(entry, chunks.map((c) => c.chunk), cb);
+    // end() on a moved connection: the successor owns its lifetime now; just let go of it here.
+    socket._final = (cb) => {
+      cb();
+      if (entry.acked) setImmediate(() => socket.destroy());
+    };
+  }
+
+  private restoreWrites(entry: Moving): void {
+    const socket = entry.socket as unknown as Record<string, unknown>;
+    delete socket._write;
+    delete socket._writev;
+    delete socket._final;
+  }
+
+  private write(entry: Moving, chunks: Buffer[], cb: (err?: Error | null) => void): void {
+    if (!entry.acked) {
+      entry.held = { chunks, cb };
+      return;
+    }
+    this.forward(entry, chunks, cb);
+  }
+
+  private forward(entry: Moving, chunks: Buffer[], cb: (err?: Error | null) => void): void {
+    if (this.closed) {
+      cb(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; this late write is lost'));
+      return;
+    }
+    const seq = ++entry.writeSeq;
+    this.pendingWriteAcks.set(`${entry.id}:${seq}`, cb);
+    const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+    this.session.send({ type: 'WRITE', id: entry.id, seq, data }).catch((err: Error) => {
+      const pendingCb = this.pendingWriteAcks.get(`${entry.id}:${seq}`);
+      this.pendingWriteAcks.delete(`${entry.id}:${seq}`);
+      pendingCb?.(err);
+    });
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // Collect every transfer decided in this turn of the loop into as few frames as possible.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    while (this.queue.length > 0 && !this.closed) {
+      const batch = this.queue.splice(0, BATCH);
+      const conns: ConnEntry[] = batch.map((entry) => {
+        const conn: ConnEntry = { id: entry.id, key: entry.key, pendingLength: entry.pending.length };
+        if (entry.state !== undefined) conn.state = entry.state;
+        return conn;
+      });
+      const fds = batch.map((entry) => entry.fd);
+      const body = Buffer.concat(batch.map((entry) => entry.pending));
+      debug('CONN with %d connections', batch.length);
+      // The dups are the channel's now: closed once in the kernel, whatever happens.
+      this.session.send({ type: 'CONN', conns, body, fds }, { closeFdsAfterSend: true }).catch(() => {
+        // The session closed: close() gives every unacknowledged connection back.
+      });
+    }
+  }
+
+  /** onMessage handles CONN_ACK and WRITE_ACK from the successor; false for anything else. */
+  onMessage(message: Message): boolean {
+    if (message.type === 'CONN_ACK') {
+      for (const id of message.acked) this.onAck(id);
+      for (const { id, reason } of message.refused) this.onNack(id, reason);
+      return true;
+    }
+    if (message.type === 'WRITE_ACK') {
+      const key = `${message.id}:${message.seq}`;
+      const cb = this.pendingWriteAcks.get(key);
+      this.pendingWriteAcks.delete(key);
+      cb?.();
+      return true;
+    }
+    return false;
+  }
+
+  private onAck(id: number): void {
+    const entry = this.moving.get(id);
+    if (!entry) {
+      this.session.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', `CONN_ACK for unknown connection ${id}`));
+      return;
+    }
+    this.moving.delete(id);
+    entry.acked = true;
+    const { socket } = entry;
+    this.hooks.moved(socket);
+    if (entry.lateWrites) {
+      // Close only this process's copy of the fd (nothing goes on the wire: the successor holds
+      // the connection); the socket object lives on as a forwarder until the application lets go.
+      this.forwarding.set(id, entry);
+      const handle = socket._handle;
+      socket._handle = null;
+      handle?.close();
+      socket.once('close', () => this.forwarding.delete(id));
+      if (entry.held) {
+        const { chunks, cb } = entry.held;
+        entry.held = undefined;
+        this.forward(entry, chunks, cb);
+      }
+    } else {
+      if (entry.held) {
+        // Not expected without lateWrites; the data must still reach the client, in order.
+        const { chunks, cb } = entry.held;
+        entry.held = undefined;
+        this.forwarding.set(id, entry);
+        this.forward(entry, chunks, (err) => {
+          cb(err);
+          this.forwarding.delete(id);
+          socket.destroy();
+        });
+      } else {
+        // destroy() closes only our fd: never end(), shutdown() or a reset.
+        socket.destroy();
+      }
+    }
+    entry.resolve();
+  }
+
+  private onNack(id: number, reason: string): void {
+    const entry = this.moving.get(id);
+    if (!entry) return;
+    this.moving.delete(id);
+    this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the successor refused the connection: ${reason}`));
+  }
+
+  /** giveBack: the connection stays here, exactly as it was (buffered bytes first, held writes out). */
+  private giveBack(entry: Moving, err: HandoverError): void {
+    const { socket } = entry;
+    this.restoreWrites(entry);
+    if (entry.buffered.length > 0) socket.unshift(entry.buffered);
+    entry.thaw();
+    this.claimed.delete(socket);
+    if (entry.held) {
+      const { chunks, cb } = entry.held;
+      entry.held = undefined;
+      if (chunks.length === 1) socket._write(chunks[0]!, 'buffer' as BufferEncoding, cb);
+      else socket._writev(chunks.map((chunk) => ({ chunk, encoding: 'buffer' as BufferEncoding })), cb);
+    }
+    debug('connection %d stays: %s', entry.id, err.message);
+    entry.reject(err);
+  }
+
+  /** close: the session ended. Unacknowledged connections stay here; late writes fail. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor went away before acknowledging the connection; it stays here');
+    for (const entry of this.queue.splice(0)) closeFds([entry.fd]);
+    for (const entry of [...this.moving.values()]) {
+      this.moving.delete(entry.id);
+      this.giveBack(entry, err);
+    }
+    const lost = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor went away; late writes cannot be delivered');
+    for (const cb of this.pendingWriteAcks.values()) cb(lost);
+    this.pendingWriteAcks.clear();
+    for (const entry of this.forwarding.values()) entry.socket.destroy();
+    this.forwarding.clear();
+  }
+
+  /** How many connections wait for an acknowledgement. */
+  get inFlight(): number {
+    return this.moving.size + this.queue.length;
+  }
+}
+
+export interface AdopterHooks {
+  /** The server registered for a key, and its adopt handler if it has one. */
+  serverFor(key: string): { server: net.Server; adopt: AdoptHandler | undefined; afterAdopt?: (socket: net.Socket) => void } | undefined;
+  /** Count an adopted socket as one of this process's connections. */
+  track(socket: net.Socket): void;
+}
+
+/**
+ * ConnectionAdopter is the successor's side: it adopts the fds of a CONN frame, acknowledges
+ * the batch, and only once the ACK is in the kernel lets the sockets read (so a successor that
+ * dies before acknowledging has read nothing, and the predecessor can keep serving them).
+ */
+export class ConnectionAdopter {
+  private readonly adopted = new Map<number, net.Socket>();
+  adoptedCount = 0;
+
+  constructor(
+    private readonly session: ControlSession,
+    private readonly hooks: AdopterHooks,
+  ) {}
+
+  onMessage(message: Message): boolean {
+    if (message.type === 'CONN') {
+      this.adoptBatch(message);
+      return true;
+    }
+    if (message.type === 'WRITE') {
+      const socket = this.adopted.get(message.id);
+      const ack = (): void => {
+        void this.session.send({ type: 'WRITE_ACK', id: message.id, seq: message.seq }).catch(() => undefined);
+      };
+      if (!socket || socket.destroyed) {
+        // The client is gone: nothing can deliver these bytes; say so by acknowledging (the write is moot).
+        debug('late write for closed connection %d dropped', message.id);
+        ack();
+        return true;
+      }
+      socket.write(message.data, ack);
+      return true;
+    }
+    return false;
+  }
+
+  private adoptBatch(message: Extract<Message, { type: 'CONN' }>): void {
+    const acked: number[] = [];
+    const refused: { id: number; reason: string }[] = [];
+    const started: { socket: net.Socket; entry: ConnEntry; pending: Buffer; target: NonNullable<ReturnType<AdopterHooks['serverFor']>> }[] = [];
+    let offset = 0;
+    message.conns.forEach((entry, index) => {
+      const fd = message.fds[index]!;
+      const pending = message.body.subarray(offset, offset + entry.pendingLength);
+      offset += entry.pendingLength;
+      const target = this.hooks.serverFor(entry.key);
+      if (!target) {
+        closeFds([fd]);
+        refused.push({ id: entry.id, reason: `no server listens on ${entry.key} here` });
+        return;
+      }
+      let socket: net.Socket;
+      try {
+        // manualStart: no read until the predecessor knows the connection is ours.
+        socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: (target.server as InternalServer).allowHalfOpen ?? false, manualStart: true } as net.SocketConstructorOpts);
+      } catch (err) {
+        closeFds([fd]);
+        refused.push({ id: entry.id, reason: `cannot adopt the fd: ${(err as Error).message}` });
+        return;
+      }
+      acked.push(entry.id);
+      this.adopted.set(entry.id, socket);
+      socket.once('close', () => this.adopted.delete(entry.id));
+      started.push({ socket, entry, pending: Buffer.from(pending), target });
+    });
+    this.adoptedCount += acked.length;
+    debug('adopted %d, refused %d', acked.length, refused.length);
+    const start = (): void => {
+      for (const { socket, entry, pending, target } of started) {
+        const internal = socket as InternalSocket;
+        const server = target.server as InternalServer;
+        // What net.Server does for a connection it accepted: count it, link it to its server.
+        internal.server = server;
+        internal._server = server;
+        server._connections++;
+        this.hooks.track(socket);
+        if (target.adopt) {
+          target.adopt(socket, { key: entry.key, pending, state: entry.state });
+        } else {
+          if (pending.length > 0) socket.unshift(pending);
+          server.emit('connection', socket);
+          target.afterAdopt?.(socket);
+          // Reading starts now; unshifted bytes are delivered first.
+          socket.resume();
+        }
+      }
+    };
+    // The channel pauses so that this process serves between batches instead of adopting only.
+    this.session.channel.pause();
+    this.session
+      .send({ type: 'CONN_ACK', acked, refused })
+      .then(start, (err: Error) => {
+        // Without a delivered ACK the predecessor keeps these connections: two readers would
+        // corrupt them, so close our copies (a plain close; the predecessor still holds each one).
+        debug('CONN_ACK not sent (%s); giving the connections up', err.message);
+        for (const { socket } of started) socket.destroy();
+      })
+      .finally(() => setImmediate(() => this.session.channel.resume()));
+  }
+}

@@ -1,0 +1,122 @@
+// Listener keys and the bridge between listening fds and net.Server: what a predecessor offers,
+// what a successor claims, and closing what nobody claimed.
+import * as net from 'node:net';
+import createDebug from 'debug';
+import { binding, type SocketInfo } from './native';
+import { HandoverError } from './errors';
+import type { ListenerKind } from './protocol';
+
+const debug = createDebug('handover:listeners');
+
+/** Where a server listens: TCP host and port, or a unix socket path, optionally under a chosen key. */
+export interface ListenTarget {
+  port?: number;
+  host?: string;
+  path?: string;
+  /** A stable name of your own; defaults to `tcp:HOST:PORT` or `unix:PATH`. */
+  key?: string;
+  backlog?: number;
+  ipv6Only?: boolean;
+}
+
+/** A listening socket received from the predecessor, not yet claimed by a server. */
+export interface InheritedListener {
+  key: string;
+  kind: ListenerKind;
+  /** The fd in this process. Owned by the upgrader until claimed; closed at ready() if unclaimed. */
+  fd: number;
+  info: SocketInfo;
+}
+
+function normaliseHost(host: string): string {
+  const lower = host.trim().toLowerCase();
+  const bare = lower.startsWith('[') && lower.endsWith(']') ? lower.slice(1, -1) : lower;
+  if (net.isIPv6(bare)) {
+    // Canonical IPv6 text, so '::0' and '::' name the same listener.
+    return `[${new URL(`http://[${bare}]/`).hostname.slice(1, -1)}]`;
+  }
+  return bare;
+}
+
+/**
+ * listenerKey names a listener stably across generations: `tcp:HOST:PORT` (IPv6 hosts in brackets,
+ * `*` for "all addresses" when no host is given), `unix:PATH`, or the user's own key.
+ */
+export function listenerKey(target: ListenTarget): { key: string; kind: ListenerKind } {
+  if (target.key !== undefined) {
+    if (typeof target.key !== 'string' || target.key.length === 0 || target.key.length > 1024) {
+      throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.key must be a non-empty string of at most 1024 characters');
+    }
+    return { key: target.key, kind: target.path !== undefined ? 'unix' : target.port !== undefined ? 'tcp' : 'named' };
+  }
+  if (target.path !== undefined) {
+    if (typeof target.path !== 'string' || target.path.length === 0) {
+      throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.path must be a non-empty string');
+    }
+    return { key: `unix:${target.path}`, kind: 'unix' };
+  }
+  const port = target.port;
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new HandoverError('ERR_HANDOVER_INVALID_ARG', `options.port must be an integer from 0 to 65535 (or give options.path), got ${String(port)}`);
+  }
+  const host = target.host === undefined || target.host === '' ? '*' : normaliseHost(target.host);
+  return { key: `tcp:${host}:${port}`, kind: 'tcp' };
+}
+
+/** listeningFd returns the fd of a listening net.Server (POSIX, Node internals). */
+export function serverFd(server: net.Server): number {
+  const handle = (server as unknown as { _handle?: { fd?: number } | null })._handle;
+  const fd = handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) {
+    throw new HandoverError('ERR_HANDOVER_INVALID_STATE', 'the server is not listening (no handle fd)');
+  }
+  return fd;
+}
+
+/** listenOnFd makes `server` accept on an existing listening fd and resolves once it listens. */
+export function listenOnFd(server: net.Server, fd: number, backlog?: number): Promise<void> {
+  return listenWith(server, backlog === undefined ? { fd } : { fd, backlog });
+}
+
+/** listenWith calls server.listen(options) and settles on 'listening' or 'error'. */
+export function listenWith(server: net.Server, options: net.ListenOptions & { fd?: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => {
+      server.removeListener('listening', onListening);
+      reject(err);
+    };
+    const onListening = (): void => {
+      server.removeListener('error', onError);
+      resolve();
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    server.listen(options as net.ListenOptions);
+  });
+}
+
+/**
+ * stopAccepting closes only the server's listening handle: never http.Server.close(), which in
+ * Node >= 19 also destroys idle keep-alive sockets. The caller keeps a dup of the fd so the kernel
+ * socket (and its accept queue) stays alive.
+ */
+export function stopAccepting(server: net.Server): void {
+  net.Server.prototype.close.call(server);
+}
+
+/** describe introspects a received fd, closing nothing. */
+export function describeFd(fd: number): SocketInfo {
+  return binding().socketInfo(fd);
+}
+
+/** closeFds closes fds nobody will use, ignoring the already-closed. */
+export function closeFds(fds: Iterable<number>): void {
+  const native = binding();
+  for (const fd of fds) {
+    try {
+      native.close(fd);
+    } catch (err) {
+      debug('close %d: %o', fd, err);
+    }
+  }
+}

@@ -1,0 +1,105 @@
+// The one typed interface of the native addon (native/binding.cc) and its loader.
+// Native code makes syscalls on integer fds and Buffers; every policy lives in TypeScript.
+import * as path from 'node:path';
+
+/** Credentials of the process at the other end of a unix socket (SO_PEERCRED / getpeereid). */
+export interface PeerCredentials {
+  /** -1 where the platform does not report it (macOS). */
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+export type SocketType = 'stream' | 'dgram' | 'seqpacket' | 'raw' | 'unknown';
+export type SocketFamily = 'inet' | 'inet6' | 'unix' | 'unknown';
+
+/** What the kernel says about a socket fd. */
+export interface SocketInfo {
+  type: SocketType;
+  family: SocketFamily;
+  /** SO_ACCEPTCONN. */
+  listening: boolean;
+  /** Local address for inet/inet6 ('0.0.0.0', '::1', ...). */
+  address?: string;
+  /** Local port for inet/inet6. */
+  port?: number;
+  /** Local path for a unix socket ('' when unnamed; abstract names start with '\0'). */
+  path?: string;
+}
+
+/** Result of one recvmsg(2). `bytes === 0` with no fds means the peer closed (end of stream). */
+export interface ReceivedMessage {
+  bytes: number;
+  fds: number[];
+}
+
+/** A uv_poll_t watching one fd for readiness. The callback runs on the event loop. */
+export interface Poller {
+  /** (Re)arm the watcher for the given events. Both false is the same as stop(). */
+  start(readable: boolean, writable: boolean): void;
+  stop(): void;
+  /** Stops and releases the watcher; it does not close the fd. Idempotent. */
+  close(): void;
+}
+
+/** status < 0 is a libuv error (negative errno); otherwise readable/writable/disconnect flags. */
+export type PollCallback = (status: number, readable: boolean, writable: boolean, disconnect: boolean) => void;
+
+export interface Binding {
+  /** Most fds one sendmsg(2) may carry: Linux's SCM_MAX_FD, 253. */
+  readonly MAX_FDS_PER_MESSAGE: number;
+  /** socketpair(AF_UNIX, SOCK_SEQPACKET), both ends non-blocking and close-on-exec. */
+  seqpacketPair(): [number, number];
+  /** socket+bind+listen on a unix path, SOCK_SEQPACKET, non-blocking, close-on-exec. Does not unlink first. */
+  seqpacketListen(path: string, backlog: number): number;
+  /** socket+connect to a unix path, SOCK_SEQPACKET; returns a connected non-blocking fd. */
+  seqpacketConnect(path: string): number;
+  /** socket+bind+listen on a unix path, SOCK_STREAM, non-blocking, close-on-exec (bound by us so libuv never unlinks it). */
+  unixStreamListen(path: string, backlog: number): number;
+  /** socket+connect to a unix path, SOCK_STREAM; used only to tell a live socket file from a stale one. */
+  unixStreamConnect(path: string): number;
+  /** accept4(2), non-blocking + close-on-exec; -1 when nothing is pending (EAGAIN). */
+  accept(fd: number): number;
+  /**
+   * sendmsg(2) of `data` with `fds` attached (SCM_RIGHTS, at most MAX_FDS_PER_MESSAGE), MSG_NOSIGNAL.
+   * Returns the bytes written, or -1 when the socket buffer is full (EAGAIN); EINTR is retried.
+   */
+  sendmsg(fd: number, data: Buffer, fds: readonly number[]): number;
+  /**
+   * recvmsg(2) into `buffer` with MSG_CMSG_CLOEXEC and room for `maxFds` fds. Returns null on EAGAIN.
+   * On MSG_CTRUNC (more fds than room) or MSG_TRUNC (message larger than buffer) every fd that
+   * did arrive is closed and an error with code 'EMSGSIZE' is thrown.
+   */
+  recvmsg(fd: number, buffer: Buffer, maxFds: number): ReceivedMessage | null;
+  peerCredentials(fd: number): PeerCredentials;
+  socketInfo(fd: number): SocketInfo;
+  /** dup with close-on-exec (F_DUPFD_CLOEXEC). */
+  dup(fd: number): number;
+  close(fd: number): void;
+  setNonBlocking(fd: number, on: boolean): void;
+  /** A readiness watcher on fd (uv_poll_t on the main loop). */
+  createPoller(fd: number, callback: PollCallback): Poller;
+}
+
+/** An error thrown by the addon: shaped like Node's own system errors. */
+export interface NativeError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
+
+export function isNativeError(err: unknown): err is NativeError {
+  return err instanceof Error && typeof (err as Partial<NativeError>).code === 'string' && typeof (err as Partial<NativeError>).syscall === 'string';
+}
+
+let loaded: Binding | undefined;
+
+/** The addon, loaded once (prebuilds/ first, then build/Release). */
+export function binding(): Binding {
+  if (loaded === undefined) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const load = require('node-gyp-build') as (dir: string) => unknown;
+    loaded = load(path.join(__dirname, '..')) as Binding;
+  }
+  return loaded;
+}

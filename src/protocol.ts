@@ -1,0 +1,217 @@
+// The messages of the handover exchange: encode, decode, validate. A message is one channel frame:
+// type (u8), header length (u32), a JSON header, then an optional binary body. fds ride on the frame.
+import { HandoverError } from './errors';
+import type { Frame } from './channel';
+
+/** Version of the exchange; a successor with another version is refused with a clear reason. */
+export const PROTOCOL_VERSION = 1;
+
+export const MessageType = {
+  HELLO: 1,
+  LISTENERS: 2,
+  REFUSED: 3,
+  READY: 4,
+  READY_ACK: 5,
+  CONN: 6,
+  CONN_ACK: 7,
+  WRITE: 8,
+  WRITE_ACK: 9,
+  BYE: 10,
+} as const;
+export type MessageTypeName = keyof typeof MessageType;
+
+/** What kind of listener a key names: tcp (inet/inet6), a unix socket path, or a user name. */
+export type ListenerKind = 'tcp' | 'unix' | 'named';
+
+export interface ListenerEntry {
+  key: string;
+  kind: ListenerKind;
+}
+
+export interface ConnEntry {
+  /** Unique per control channel, chosen by the predecessor. */
+  id: number;
+  /** The listener key of the server the connection belongs to. */
+  key: string;
+  /** Bytes of `pending` in the body for this connection (bodies are concatenated in order). */
+  pendingLength: number;
+  /** Small, JSON: protocol state handed to the successor's adapter. */
+  state?: unknown;
+}
+
+export type Message =
+  | { type: 'HELLO'; version: number; pid: number }
+  | { type: 'LISTENERS'; pid: number; listeners: ListenerEntry[]; fds: number[] }
+  | { type: 'REFUSED'; code: string; reason: string }
+  | { type: 'READY'; pid: number }
+  | { type: 'READY_ACK' }
+  | { type: 'CONN'; conns: ConnEntry[]; body: Buffer; fds: number[] }
+  | { type: 'CONN_ACK'; acked: number[]; refused: { id: number; reason: string }[] }
+  | { type: 'WRITE'; id: number; seq: number; data: Buffer }
+  | { type: 'WRITE_ACK'; id: number; seq: number }
+  | { type: 'BYE'; reason: string };
+
+export type MessageOf<T extends Message['type']> = Extract<Message, { type: T }>;
+
+const typeNames = new Map<number, MessageTypeName>(Object.entries(MessageType).map(([name, value]) => [value, name as MessageTypeName]));
+
+function protocolError(reason: string): HandoverError {
+  return new HandoverError('ERR_HANDOVER_PROTOCOL', reason);
+}
+
+/** encode turns a message into the payload and fds of one frame. */
+export function encode(message: Message): { payload: Buffer; fds: number[] } {
+  let header: Record<string, unknown>;
+  let body: Buffer | undefined;
+  let fds: number[] = [];
+  switch (message.type) {
+    case 'LISTENERS':
+      header = { pid: message.pid, listeners: message.listeners };
+      fds = message.fds;
+      break;
+    case 'CONN':
+      header = { conns: message.conns };
+      body = message.body;
+      fds = message.fds;
+      break;
+    case 'WRITE':
+      header = { id: message.id, seq: message.seq };
+      body = message.data;
+      break;
+    default: {
+      const { type: _type, ...rest } = message;
+      header = rest;
+    }
+  }
+  const json = Buffer.from(JSON.stringify(header));
+  const payload = Buffer.allocUnsafe(5 + json.length + (body?.length ?? 0));
+  payload.writeUInt8(MessageType[message.type], 0);
+  payload.writeUInt32BE(json.length, 1);
+  json.copy(payload, 5);
+  if (body) body.copy(payload, 5 + json.length);
+  return { payload, fds };
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function isCount(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+}
+
+function isString(value: unknown, max = 4096): value is string {
+  return typeof value === 'string' && value.length <= max;
+}
+
+/**
+ * decode validates a frame and returns its message. On any error it throws ERR_HANDOVER_PROTOCOL
+ * and leaves the frame's fds to the caller (who must close them).
+ */
+export function decode(frame: Frame): Message {
+  const { payload, fds } = frame;
+  if (payload.length < 5) throw protocolError(`message of ${payload.length} bytes is too short`);
+  const name = typeNames.get(payload.readUInt8(0));
+  if (name === undefined) throw protocolError(`unknown message type ${payload.readUInt8(0)}`);
+  const jsonLength = payload.readUInt32BE(1);
+  if (jsonLength > payload.length - 5) throw protocolError(`${name}: header length ${jsonLength} exceeds the message`);
+  let header: unknown;
+  try {
+    header = JSON.parse(payload.toString('utf8', 5, 5 + jsonLength));
+  } catch {
+    throw protocolError(`${name}: header is not valid JSON`);
+  }
+  if (!isObject(header)) throw protocolError(`${name}: header is not an object`);
+  const body = payload.subarray(5 + jsonLength);
+  const expectNoFds = (): void => {
+    if (fds.length !== 0) throw protocolError(`${name} must not carry fds (got ${fds.length})`);
+  };
+  const expectNoBody = (): void => {
+    if (body.length !== 0) throw protocolError(`${name} must not carry a body`);
+  };
+  switch (name) {
+    case 'HELLO': {
+      expectNoFds();
+      expectNoBody();
+      if (!isCount(header.version) || !isCount(header.pid)) throw protocolError('HELLO needs version and pid');
+      return { type: 'HELLO', version: header.version, pid: header.pid };
+    }
+    case 'LISTENERS': {
+      expectNoBody();
+      const listeners = header.listeners;
+      if (!isCount(header.pid) || !Array.isArray(listeners)) throw protocolError('LISTENERS needs pid and listeners');
+      const entries: ListenerEntry[] = [];
+      for (const entry of listeners) {
+        if (!isObject(entry) || !isString(entry.key) || entry.key.length === 0) throw protocolError('LISTENERS: a listener has no key');
+        if (entry.kind !== 'tcp' && entry.kind !== 'unix' && entry.kind !== 'named') throw protocolError(`LISTENERS: unknown kind ${String(entry.kind)}`);
+        entries.push({ key: entry.key, kind: entry.kind });
+      }
+      if (new Set(entries.map((e) => e.key)).size !== entries.length) throw protocolError('LISTENERS: duplicate keys');
+      if (fds.length !== entries.length) throw protocolError(`LISTENERS: ${entries.length} listeners but ${fds.length} fds`);
+      return { type: 'LISTENERS', pid: header.pid, listeners: entries, fds };
+    }
+    case 'REFUSED': {
+      expectNoFds();
+      expectNoBody();
+      if (!isString(header.code) || !isString(header.reason)) throw protocolError('REFUSED needs code and reason');
+      return { type: 'REFUSED', code: header.code, reason: header.reason };
+    }
+    case 'READY': {
+      expectNoFds();
+      expectNoBody();
+      if (!isCount(header.pid)) throw protocolError('READY needs pid');
+      return { type: 'READY', pid: header.pid };
+    }
+    case 'READY_ACK':
+      expectNoFds();
+      expectNoBody();
+      return { type: 'READY_ACK' };
+    case 'CONN': {
+      const conns = header.conns;
+      if (!Array.isArray(conns) || conns.length === 0) throw protocolError('CONN needs conns');
+      const entries: ConnEntry[] = [];
+      let total = 0;
+      for (const conn of conns) {
+        if (!isObject(conn) || !isCount(conn.id) || !isString(conn.key) || !isCount(conn.pendingLength)) {
+          throw protocolError('CONN: malformed connection entry');
+        }
+        total += conn.pendingLength;
+        const entry: ConnEntry = { id: conn.id, key: conn.key, pendingLength: conn.pendingLength };
+        if (conn.state !== undefined) entry.state = conn.state;
+        entries.push(entry);
+      }
+      if (total !== body.length) throw protocolError(`CONN: pending lengths add up to ${total} but the body has ${body.length} bytes`);
+      if (fds.length !== entries.length) throw protocolError(`CONN: ${entries.length} connections but ${fds.length} fds`);
+      return { type: 'CONN', conns: entries, body, fds };
+    }
+    case 'CONN_ACK': {
+      expectNoFds();
+      expectNoBody();
+      const { acked, refused } = header;
+      if (!Array.isArray(acked) || !acked.every(isCount) || !Array.isArray(refused)) throw protocolError('CONN_ACK needs acked and refused');
+      const refusals: { id: number; reason: string }[] = [];
+      for (const entry of refused) {
+        if (!isObject(entry) || !isCount(entry.id) || !isString(entry.reason)) throw protocolError('CONN_ACK: malformed refusal');
+        refusals.push({ id: entry.id, reason: entry.reason });
+      }
+      return { type: 'CONN_ACK', acked: acked as number[], refused: refusals };
+    }
+    case 'WRITE': {
+      expectNoFds();
+      if (!isCount(header.id) || !isCount(header.seq)) throw protocolError('WRITE needs id and seq');
+      return { type: 'WRITE', id: header.id, seq: header.seq, data: body };
+    }
+    case 'WRITE_ACK': {
+      expectNoFds();
+      expectNoBody();
+      if (!isCount(header.id) || !isCount(header.seq)) throw protocolError('WRITE_ACK needs id and seq');
+      return { type: 'WRITE_ACK', id: header.id, seq: header.seq };
+    }
+    case 'BYE': {
+      expectNoFds();
+      expectNoBody();
+      if (!isString(header.reason)) throw protocolError('BYE needs a reason');
+      return { type: 'BYE', reason: header.reason };
+    }
+  }
+}
