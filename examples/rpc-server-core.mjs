@@ -1,4 +1,5 @@
-// A plain SOFA Bolt RPC server (no handover yet), serving com.example.Echo.
+// The core of a SOFA Bolt RPC server, serving com.example.Echo (no handover here:
+// examples/rpc-server.mjs adds it; this file knows nothing of it).
 //
 // It decodes Bolt frames from a buffer of its own instead of sofa-bolt-node's
 // ProtocolDecoder stream: that stream hides its partial frame in a private
@@ -89,7 +90,8 @@ async function invoke(data) {
  *
  * Events (informational, nothing needs to listen): 'socketError' (err) for
  * socket errors such as ECONNRESET; 'protocolError' (err) just before the
- * socket is destroyed because its bytes are not Bolt.
+ * socket is destroyed because its bytes are not Bolt; 'idle' when the last
+ * request in flight has been answered (inFlight dropped to 0).
  */
 export class BoltConnection extends EventEmitter {
   constructor(socket, leftover) {
@@ -121,14 +123,21 @@ export class BoltConnection extends EventEmitter {
     // going away is routine for a server.
     socket.on('error', err => this.emit('socketError', err));
     socket.setNoDelay(true); // small responses must not wait for Nagle
-    // Leftover bytes were read before the socket reached us, so they come
-    // first; decoding them synchronously here, before any 'data' event can
-    // fire, keeps the byte order.
+    this.attach(leftover);
+  }
+
+  /** Starts (or, after detach(), resumes) decoding: `leftover` first, then
+   *  whatever the socket reads. Leftover bytes were read before the socket
+   *  reached this decoder, so they come first; decoding them synchronously,
+   *  before any 'data' event can fire, keeps the byte order. Undoes detach()
+   *  when handed what detach() returned (a move that did not happen). */
+  attach(leftover) {
     if (leftover && leftover.length) this._receive(Buffer.from(leftover));
-    socket.on('data', this._onData);
+    if (this.socket.destroyed) return; // the leftover was not Bolt
+    this.socket.on('data', this._onData);
     // A socket paused by a previous owner (detach()) does not start flowing
     // again just because a 'data' listener was added.
-    socket.resume();
+    this.socket.resume();
   }
 
   /** True when bytes of an incomplete frame are buffered: not a safe point to
@@ -225,14 +234,18 @@ export class BoltConnection extends EventEmitter {
       res = { isError: true, errorMsg: String(err && err.message || err), appResponse: null };
     }
     this.inFlight--;
-    if (oneway) return;
-    try {
-      this._respond(packet.packetId, packet.options, res);
-    } catch (err) {
-      // A result hessian cannot encode: the caller still gets an answer.
-      this._respond(packet.packetId, packet.options,
-        { isError: true, errorMsg: `cannot encode response: ${err.message}`, appResponse: null });
+    if (!oneway) {
+      try {
+        this._respond(packet.packetId, packet.options, res);
+      } catch (err) {
+        // A result hessian cannot encode: the caller still gets an answer.
+        this._respond(packet.packetId, packet.options,
+          { isError: true, errorMsg: `cannot encode response: ${err.message}`, appResponse: null });
+      }
     }
+    // Every answer is written (handed to `writer`): nothing more will be
+    // written on this connection unless a new request is decoded.
+    if (this.inFlight === 0) this.emit('idle');
   }
 
   _respond(id, reqOptions, res) {

@@ -400,7 +400,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
     bool writable = false;
     if (!GetBoolean(env, info[0], "readable", &readable)) return env.Undefined();
     if (!GetBoolean(env, info[1], "writable", &writable)) return env.Undefined();
-    if (closed_ || handle_ == nullptr) {
+    if (closed_ || handle_ == nullptr || handle_->closing) {
       ThrowCoded(env, Napi::Error::New(env, "Invalid state: the poller is closed"), "ERR_INVALID_STATE");
       return env.Undefined();
     }
@@ -431,7 +431,7 @@ class Poller : public Napi::ObjectWrap<Poller> {
   }
 
   Napi::Value Stop(const Napi::CallbackInfo& info) {
-    if (!closed_ && handle_ != nullptr && !handle_->abandoned) {
+    if (!closed_ && handle_ != nullptr && !handle_->closing && !handle_->abandoned) {
       if (FdReused(handle_)) {
         Abandon(handle_);
       } else {

@@ -156,18 +156,28 @@ interface HeldWrite {
   cb: (err?: Error | null) => void;
 }
 
+/**
+ * Where a moving connection's writes go:
+ *  - collecting: from the decision until its CONN frame is built; accepted at once and carried
+ *    in the CONN frame, so the successor writes them before anything of its own;
+ *  - sent: the CONN frame is on its way; held (with back-pressure) until the answer;
+ *  - acked: forwarded as WRITE frames, in order, each acknowledged by the successor.
+ */
+type WritePhase = 'collecting' | 'sent' | 'acked';
+
 interface Moving {
   id: number;
   socket: InternalSocket;
   key: string;
   pending: Buffer;
-  buffered: Buffer;
   state: unknown;
   lateWrites: boolean;
   fd: number;
   thaw: () => void;
-  held: HeldWrite | undefined;
-  acked: boolean;
+  phase: WritePhase;
+  carried: Buffer[];
+  carriedBytes: number;
+  held: HeldWrite[];
   writeSeq: number;
   resolve: () => void;
   reject: (err: Error) => void;
@@ -175,6 +185,8 @@ interface Moving {
 
 /** Most connections per CONN frame: the kernel's limit of fds per sendmsg. */
 const BATCH = 253;
+/** Unflushed writes carried inside a CONN frame, per connection; more waits for the answer. */
+const MAX_CARRIED = 1024 * 1024;
 
 export interface MoverHooks {
   /** The listener key of a tracked socket, or undefined for a socket of no server given to listen(). */
@@ -203,7 +215,7 @@ export class ConnectionMover {
     private readonly hooks: MoverHooks,
   ) {}
 
-  /** isMoving tells whether a socket is already on its way (or gone). */
+  /** has tells whether a socket is already on its way (or gone). */
   has(socket: net.Socket): boolean {
     return this.claimed.has(socket);
   }
@@ -226,44 +238,57 @@ export class ConnectionMover {
     if (key === undefined) throw new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the socket does not belong to a server given to upgrader.listen()');
     if (options.pending !== undefined && !Buffer.isBuffer(options.pending)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.pending must be a Buffer');
     this.claimed.add(socket);
-    // 1. No byte is read by this process after the decision.
-    const thaw = freezeReading(socket);
+    // 1. No byte is read by this process after the decision: stop the kernel reads, take what the
+    //    stream already buffered, and stop the stream from emitting (a flowing stream with no
+    //    'data' listener would drop it).
+    const unfreeze = freezeReading(socket);
+    const buffered = takeBuffered(socket);
+    const wasFlowing = socket.readableFlowing === true;
+    socket.pause();
     // Timers of the old copy must not close it while it travels.
     socket.setTimeout(0);
-    // 2. Whatever the application wrote before the decision reaches the kernel first.
+    const entry: Moving = {
+      id: this.nextId++,
+      socket,
+      key,
+      pending: options.pending && options.pending.length > 0 ? Buffer.concat([options.pending, buffered]) : buffered,
+      state: options.state,
+      lateWrites: options.lateWrites === true,
+      fd: -1,
+      thaw: () => {
+        if (buffered.length > 0) socket.unshift(buffered);
+        unfreeze();
+        if (wasFlowing) socket.resume();
+      },
+      phase: 'collecting',
+      carried: [],
+      carriedBytes: 0,
+      held: [],
+      writeSeq: 0,
+      resolve: () => undefined,
+      reject: () => undefined,
+    };
+    // 2. Writes from now on are ours to deliver (carried, held or forwarded); only the write
+    //    already inside libuv must reach the kernel before the fd travels.
+    this.interceptWrites(entry);
     try {
       await waitWritesFlushed(socket);
     } catch (err) {
-      thaw();
+      this.restoreWrites(entry);
+      entry.thaw();
       this.claimed.delete(socket);
       throw err;
     }
     if (this.closed) {
-      thaw();
+      this.giveBackWrites(entry);
+      entry.thaw();
       this.claimed.delete(socket);
       throw new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; the connection stays here');
     }
-    const buffered = takeBuffered(socket);
-    const pending = options.pending && options.pending.length > 0 ? Buffer.concat([options.pending, buffered]) : buffered;
+    entry.fd = binding().dup(socket._handle!.fd);
     return new Promise<void>((resolve, reject) => {
-      const entry: Moving = {
-        id: this.nextId++,
-        socket,
-        key,
-        pending,
-        buffered,
-        state: options.state,
-        lateWrites: options.lateWrites === true,
-        fd: binding().dup(socket._handle!.fd),
-        thaw,
-        held: undefined,
-        acked: false,
-        writeSeq: 0,
-        resolve,
-        reject,
-      };
-      // 3. From now on writes wait for the ACK (then travel as WRITE frames) or the NACK (then go out here).
-      this.interceptWrites(entry);
+      entry.resolve = resolve;
+      entry.reject = reject;
       this.moving.set(entry.id, entry);
       this.queue.push(entry);
       this.scheduleFlush();
@@ -277,7 +302,7 @@ export class ConnectionMover {
     // end() on a moved connection: the successor owns its lifetime now; just let go of it here.
     socket._final = (cb) => {
       cb();
-      if (entry.acked) setImmediate(() => socket.destroy());
+      if (entry.phase === 'acked') setImmediate(() => socket.destroy());
     };
   }
 
@@ -289,11 +314,17 @@ export class ConnectionMover {
   }
 
   private write(entry: Moving, chunks: Buffer[], cb: (err?: Error | null) => void): void {
-    if (!entry.acked) {
-      entry.held = { chunks, cb };
-      return;
+    if (entry.phase === 'collecting' && entry.carriedBytes < MAX_CARRIED) {
+      for (const chunk of chunks) {
+        entry.carried.push(chunk);
+        entry.carriedBytes += chunk.length;
+      }
+      cb();
+    } else if (entry.phase === 'acked') {
+      this.forward(entry, chunks, cb);
+    } else {
+      entry.held.push({ chunks, cb });
     }
-    this.forward(entry, chunks, cb);
   }
 
   private forward(entry: Moving, chunks: Buffer[], cb: (err?: Error | null) => void): void {
@@ -302,11 +333,12 @@ export class ConnectionMover {
       return;
     }
     const seq = ++entry.writeSeq;
-    this.pendingWriteAcks.set(`${entry.id}:${seq}`, cb);
+    const ackKey = `${entry.id}:${seq}`;
+    this.pendingWriteAcks.set(ackKey, cb);
     const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
     this.session.send({ type: 'WRITE', id: entry.id, seq, data }).catch((err: Error) => {
-      const pendingCb = this.pendingWriteAcks.get(`${entry.id}:${seq}`);
-      this.pendingWriteAcks.delete(`${entry.id}:${seq}`);
+      const pendingCb = this.pendingWriteAcks.get(ackKey);
+      this.pendingWriteAcks.delete(ackKey);
       pendingCb?.(err);
     });
   }
@@ -324,16 +356,18 @@ export class ConnectionMover {
   private flush(): void {
     while (this.queue.length > 0 && !this.closed) {
       const batch = this.queue.splice(0, BATCH);
+      const parts: Buffer[] = [];
       const conns: ConnEntry[] = batch.map((entry) => {
-        const conn: ConnEntry = { id: entry.id, key: entry.key, pendingLength: entry.pending.length };
+        entry.phase = 'sent';
+        const conn: ConnEntry = { id: entry.id, key: entry.key, pendingLength: entry.pending.length, writeLength: entry.carriedBytes };
         if (entry.state !== undefined) conn.state = entry.state;
+        parts.push(entry.pending, ...entry.carried);
         return conn;
       });
       const fds = batch.map((entry) => entry.fd);
-      const body = Buffer.concat(batch.map((entry) => entry.pending));
       debug('CONN with %d connections', batch.length);
       // The dups are the channel's now: closed once in the kernel, whatever happens.
-      this.session.send({ type: 'CONN', conns, body, fds }, { closeFdsAfterSend: true }).catch(() => {
+      this.session.send({ type: 'CONN', conns, body: Buffer.concat(parts), fds }, { closeFdsAfterSend: true }).catch(() => {
         // The session closed: close() gives every unacknowledged connection back.
       });
     }
@@ -363,37 +397,25 @@ export class ConnectionMover {
       return;
     }
     this.moving.delete(id);
-    entry.acked = true;
+    entry.phase = 'acked';
+    entry.carried = [];
     const { socket } = entry;
     this.hooks.moved(socket);
-    if (entry.lateWrites) {
-      // Close only this process's copy of the fd (nothing goes on the wire: the successor holds
-      // the connection); the socket object lives on as a forwarder until the application lets go.
+    // Close only this process's copy of the fd: nothing goes on the wire, the successor holds
+    // the connection. Never end(), shutdown() or a reset.
+    const held = entry.held.splice(0);
+    if (entry.lateWrites || held.length > 0) {
+      // The socket object lives on as a forwarder until the application lets go of it (or, without
+      // lateWrites, until the writes it made during the move are delivered).
       this.forwarding.set(id, entry);
       const handle = socket._handle;
       socket._handle = null;
       handle?.close();
       socket.once('close', () => this.forwarding.delete(id));
-      if (entry.held) {
-        const { chunks, cb } = entry.held;
-        entry.held = undefined;
-        this.forward(entry, chunks, cb);
-      }
+      for (const { chunks, cb } of held) this.forward(entry, chunks, cb);
+      if (!entry.lateWrites) socket.end();
     } else {
-      if (entry.held) {
-        // Not expected without lateWrites; the data must still reach the client, in order.
-        const { chunks, cb } = entry.held;
-        entry.held = undefined;
-        this.forwarding.set(id, entry);
-        this.forward(entry, chunks, (err) => {
-          cb(err);
-          this.forwarding.delete(id);
-          socket.destroy();
-        });
-      } else {
-        // destroy() closes only our fd: never end(), shutdown() or a reset.
-        socket.destroy();
-      }
+      socket.destroy();
     }
     entry.resolve();
   }
@@ -405,19 +427,29 @@ export class ConnectionMover {
     this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the successor refused the connection: ${reason}`));
   }
 
-  /** giveBack: the connection stays here, exactly as it was (buffered bytes first, held writes out). */
-  private giveBack(entry: Moving, err: HandoverError): void {
+  /** giveBackWrites: writes carried or held during the move go out here, in order. */
+  private giveBackWrites(entry: Moving): void {
     const { socket } = entry;
     this.restoreWrites(entry);
-    if (entry.buffered.length > 0) socket.unshift(entry.buffered);
+    const carried = entry.carried.splice(0);
+    const held = entry.held.splice(0);
+    const chunks = [...carried, ...held.flatMap((h) => h.chunks)];
+    entry.carriedBytes = 0;
+    if (chunks.length === 0) return;
+    // Straight to the handle, in order, ahead of anything the Writable still buffers.
+    socket._writev(
+      chunks.map((chunk) => ({ chunk, encoding: 'buffer' as BufferEncoding })),
+      (err) => {
+        for (const { cb } of held) cb(err);
+      },
+    );
+  }
+
+  /** giveBack: the connection stays here, exactly as it was (buffered bytes first, writes out). */
+  private giveBack(entry: Moving, err: HandoverError): void {
+    this.giveBackWrites(entry);
     entry.thaw();
-    this.claimed.delete(socket);
-    if (entry.held) {
-      const { chunks, cb } = entry.held;
-      entry.held = undefined;
-      if (chunks.length === 1) socket._write(chunks[0]!, 'buffer' as BufferEncoding, cb);
-      else socket._writev(chunks.map((chunk) => ({ chunk, encoding: 'buffer' as BufferEncoding })), cb);
-    }
+    this.claimed.delete(entry.socket);
     debug('connection %d stays: %s', entry.id, err.message);
     entry.reject(err);
   }
@@ -427,9 +459,10 @@ export class ConnectionMover {
     if (this.closed) return;
     this.closed = true;
     const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor went away before acknowledging the connection; it stays here');
-    for (const entry of this.queue.splice(0)) closeFds([entry.fd]);
+    this.queue.splice(0);
     for (const entry of [...this.moving.values()]) {
       this.moving.delete(entry.id);
+      if (entry.phase === 'collecting') closeFds([entry.fd]);
       this.giveBack(entry, err);
     }
     const lost = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor went away; late writes cannot be delivered');
@@ -441,7 +474,7 @@ export class ConnectionMover {
 
   /** How many connections wait for an acknowledgement. */
   get inFlight(): number {
-    return this.moving.size + this.queue.length;
+    return this.moving.size;
   }
 }
 
@@ -491,12 +524,14 @@ export class ConnectionAdopter {
   private adoptBatch(message: Extract<Message, { type: 'CONN' }>): void {
     const acked: number[] = [];
     const refused: { id: number; reason: string }[] = [];
-    const started: { socket: net.Socket; entry: ConnEntry; pending: Buffer; target: NonNullable<ReturnType<AdopterHooks['serverFor']>> }[] = [];
+    const started: { socket: net.Socket; entry: ConnEntry; pending: Buffer; unflushed: Buffer; target: NonNullable<ReturnType<AdopterHooks['serverFor']>> }[] = [];
     let offset = 0;
     message.conns.forEach((entry, index) => {
       const fd = message.fds[index]!;
       const pending = message.body.subarray(offset, offset + entry.pendingLength);
       offset += entry.pendingLength;
+      const unflushed = message.body.subarray(offset, offset + entry.writeLength);
+      offset += entry.writeLength;
       const target = this.hooks.serverFor(entry.key);
       if (!target) {
         closeFds([fd]);
@@ -515,12 +550,14 @@ export class ConnectionAdopter {
       acked.push(entry.id);
       this.adopted.set(entry.id, socket);
       socket.once('close', () => this.adopted.delete(entry.id));
-      started.push({ socket, entry, pending: Buffer.from(pending), target });
+      started.push({ socket, entry, pending: Buffer.from(pending), unflushed: Buffer.from(unflushed), target });
     });
     this.adoptedCount += acked.length;
     debug('adopted %d, refused %d', acked.length, refused.length);
     const start = (): void => {
-      for (const { socket, entry, pending, target } of started) {
+      for (const { socket, entry, pending, unflushed, target } of started) {
+        // The predecessor's unflushed writes go out before anything this process writes.
+        if (unflushed.length > 0) socket.write(unflushed);
         const internal = socket as InternalSocket;
         const server = target.server as InternalServer;
         // What net.Server does for a connection it accepted: count it, link it to its server.

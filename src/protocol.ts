@@ -35,6 +35,8 @@ export interface ConnEntry {
   key: string;
   /** Bytes of `pending` in the body for this connection (bodies are concatenated in order). */
   pendingLength: number;
+  /** Bytes the predecessor's application wrote that were not yet flushed: the successor writes them first. Follows `pending` in the body. */
+  writeLength: number;
   /** Small, JSON: protocol state handed to the successor's adapter. */
   state?: unknown;
 }
@@ -172,15 +174,15 @@ export function decode(frame: Frame): Message {
       const entries: ConnEntry[] = [];
       let total = 0;
       for (const conn of conns) {
-        if (!isObject(conn) || !isCount(conn.id) || !isString(conn.key) || !isCount(conn.pendingLength)) {
+        if (!isObject(conn) || !isCount(conn.id) || !isString(conn.key) || !isCount(conn.pendingLength) || !isCount(conn.writeLength)) {
           throw protocolError('CONN: malformed connection entry');
         }
-        total += conn.pendingLength;
-        const entry: ConnEntry = { id: conn.id, key: conn.key, pendingLength: conn.pendingLength };
+        total += conn.pendingLength + conn.writeLength;
+        const entry: ConnEntry = { id: conn.id, key: conn.key, pendingLength: conn.pendingLength, writeLength: conn.writeLength };
         if (conn.state !== undefined) entry.state = conn.state;
         entries.push(entry);
       }
-      if (total !== body.length) throw protocolError(`CONN: pending lengths add up to ${total} but the body has ${body.length} bytes`);
+      if (total !== body.length) throw protocolError(`CONN: pending and write lengths add up to ${total} but the body has ${body.length} bytes`);
       if (fds.length !== entries.length) throw protocolError(`CONN: ${entries.length} connections but ${fds.length} fds`);
       return { type: 'CONN', conns: entries, body, fds };
     }

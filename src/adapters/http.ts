@@ -25,6 +25,9 @@ function connectionsList(server: http.Server): ConnectionsList | undefined {
   return list && typeof (list as ConnectionsList).idle === 'function' ? (list as ConnectionsList) : undefined;
 }
 
+/** What Node adds to keepAliveTimeout before it closes an idle connection (lib/_http_server.js). */
+const KEEP_ALIVE_TIMEOUT_BUFFER = 1000;
+
 /** A function that moves one socket to the successor (rejects when it stays here). */
 export type MoveConnection = (socket: net.Socket) => Promise<void>;
 
@@ -107,7 +110,8 @@ export class HttpAdapter {
   afterAdopt(socket: net.Socket): void {
     if (this.server.keepAliveTimeout > 0) {
       this.adoptedIdle.add(socket);
-      socket.setTimeout(this.server.keepAliveTimeout);
+      // As Node itself does after a response (HTTP_SERVER_KEEP_ALIVE_TIMEOUT_BUFFER).
+      socket.setTimeout(this.server.keepAliveTimeout + KEEP_ALIVE_TIMEOUT_BUFFER);
     }
   }
 

@@ -1,0 +1,573 @@
+#!/usr/bin/env node
+// Benchmark: move N idle keep-alive HTTP connections to a successor in one upgrade (SIGHUP).
+//   npm run bench:move                       # N = 1,000 and 10,000
+//   node bench/move-connections.mjs --n 10000 --runs 3 --profile --json out.json
+// Processes (each a separate node, started through `ulimit -n` for 10k+ fds):
+//   server  bench/lib/server.mjs: the first generation; SIGHUP spawns the successor (same argv)
+//   hold    bench/lib/hold-client.mjs: N idle keep-alive connections, one request each, then idle
+//   load    bench/lib/load-client.mjs: C other keep-alive connections requesting at a fixed rate
+// Measured: READY -> last CONN_ACK (exact, from the control messages), moved count, every held
+// connection answering from the new pid afterwards, latency of the load before/during/after.
+// Every process started here (and the successor) is killed by pid at the end, or on any failure.
+import { spawn, execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { summarise, inclusiveOf } from './lib/profile.mjs';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const { values } = parseArgs({
+  options: {
+    n: { type: 'string', multiple: true },
+    runs: { type: 'string', default: '1' },
+    c: { type: 'string', default: '16' },
+    rate: { type: 'string', default: '100' },
+    profile: { type: 'boolean', default: false },
+    json: { type: 'string' },
+    'keep-profiles': { type: 'string' },
+    timeout: { type: 'string', default: '170' },
+    order: { type: 'string', default: 'load-first' },
+    'wait-quiet': { type: 'string', default: '0' },
+    'server-node-arg': { type: 'string', multiple: true },
+  },
+});
+const sizes = (values.n ?? ['1000', '10000']).map(Number);
+const runsPerSize = Number(values.runs);
+const loadConns = Number(values.c);
+const loadRate = Number(values.rate);
+const loadOrder = values.order;
+if (loadOrder !== 'load-first' && loadOrder !== 'load-last') throw new Error('--order is load-first or load-last');
+const BASELINE_MS = 2000;
+const AFTER_MS = 1000;
+
+// ---------- processes ----------
+const started = new Set(); // every pid started by this bench (successors included)
+const log = (line) => process.stderr.write(`${line}\n`);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const nowNs = () => process.hrtime.bigint();
+
+const hardLimit = Number(execFileSync('bash', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim()) || 1024;
+const fdLimit = Math.min(hardLimit, 65536);
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function killAll(signal = 'SIGKILL') {
+  for (const pid of started) {
+    if (alive(pid)) {
+      try {
+        process.kill(pid, signal);
+      } catch {
+        // gone
+      }
+    }
+  }
+}
+
+class Proc {
+  constructor(name, args, { nodeArgs = [], env = {} } = {}) {
+    this.name = name;
+    this.lines = [];
+    this.waiters = [];
+    this.stderr = '';
+    // exec keeps the pid: the node process is the very pid we track.
+    this.child = spawn('bash', ['-c', `ulimit -n ${fdLimit} && exec "$0" "$@"`, process.execPath, ...nodeArgs, ...args], {
+      cwd: root,
+      env: { ...process.env, ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    this.pid = this.child.pid;
+    started.add(this.pid);
+    this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve({ code, signal })));
+    readline.createInterface({ input: this.child.stdout }).on('line', (line) => this.onLine(line));
+    this.child.stderr.on('data', (chunk) => {
+      this.stderr += chunk;
+      if (process.env.BENCH_VERBOSE) process.stderr.write(`[${name}] ${chunk}`);
+    });
+    this.child.stdin.on('error', () => undefined);
+  }
+
+  onLine(line) {
+    if (process.env.BENCH_VERBOSE) log(`[${this.name}] ${line.length > 300 ? `${line.slice(0, 300)}...` : line}`);
+    // A successor writes on the same stdout: remember its pid to kill it at the end.
+    const ready = /^ready pid=(\d+)/.exec(line);
+    if (ready) started.add(Number(ready[1]));
+    this.lines.push(line);
+    for (const waiter of [...this.waiters]) {
+      const match = waiter.regex.exec(line);
+      if (match) {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1);
+        clearTimeout(waiter.timer);
+        waiter.resolve(match);
+      }
+    }
+  }
+
+  /** waitFor resolves with the match of the first line (already seen or to come) matching regex. */
+  waitFor(regex, timeoutMs, what) {
+    for (const line of this.lines) {
+      const match = regex.exec(line);
+      if (match) return Promise.resolve(match);
+    }
+    return new Promise((resolve, reject) => {
+      const waiter = { regex, resolve };
+      waiter.timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1);
+        reject(new Error(`${this.name}: timed out after ${timeoutMs} ms waiting for ${what}\n--- stderr ---\n${this.stderr.slice(-3000)}`));
+      }, timeoutMs);
+      this.waiters.push(waiter);
+    });
+  }
+
+  send(line) {
+    this.child.stdin.write(`${line}\n`);
+  }
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitExit(pid, ms) {
+  const deadline = Date.now() + ms;
+  while (alive(pid) && Date.now() < deadline) await sleep(20);
+  return !alive(pid);
+}
+
+// ---------- noise: CPU used by processes this bench did not start ----------
+function cpuSnapshot() {
+  const perPid = new Map();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      perPid.set(Number(entry), Number(fields[11]) + Number(fields[12])); // utime + stime, in ticks
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return { t: nowNs(), perPid };
+}
+
+/** foreignCpu: cores' worth of CPU used by other processes (other sessions, tests) between two snapshots. */
+function foreignCpu(before, after) {
+  let ticks = 0;
+  for (const [pid, value] of after.perPid) {
+    if (started.has(pid) || pid === process.pid) continue;
+    ticks += value - (before.perPid.get(pid) ?? 0);
+  }
+  const seconds = Number(after.t - before.t) / 1e9;
+  return ticks / 100 / seconds; // USER_HZ is 100 on Linux
+}
+
+// ---------- statistics ----------
+function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
+}
+
+function latencyStats(records, fromUs, toUs) {
+  // A request belongs to a window when its [sent, sent + latency] overlaps it.
+  const latencies = [];
+  for (let i = 0; i < records.length; i += 4) {
+    const sent = records[i];
+    const latency = records[i + 1];
+    if (sent <= toUs && sent + latency >= fromUs) latencies.push(latency / 1000);
+  }
+  latencies.sort((a, b) => a - b);
+  return { count: latencies.length, p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies[latencies.length - 1] ?? NaN };
+}
+
+const num = (match, group = 1) => Number(match[group]);
+const big = (s) => BigInt(s);
+const ms = (from, to) => Number(big(to) - big(from)) / 1e6;
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)] : NaN;
+};
+
+/** waitQuiet waits (at most `seconds`) for a second in which other processes use < 0.25 core. */
+async function waitQuiet(seconds) {
+  const deadline = Date.now() + seconds * 1000;
+  let foreign = NaN;
+  while (Date.now() < deadline) {
+    const before = cpuSnapshot();
+    await sleep(1000);
+    foreign = foreignCpu(before, cpuSnapshot());
+    if (foreign < 0.25) return foreign;
+  }
+  return foreign;
+}
+
+// ---------- one run ----------
+async function runOnce(n, index) {
+  if (Number(values['wait-quiet']) > 0) {
+    const foreign = await waitQuiet(Number(values['wait-quiet']));
+    log(`# other processes used ${foreign.toFixed(2)} cores just before this run`);
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'handover-bench-'));
+  const profDir = values.profile ? fs.mkdtempSync(path.join(os.tmpdir(), 'handover-prof-')) : undefined;
+  const port = await freePort();
+  // Node flags of the server; the successor inherits them (upgrade() spawns execPath + execArgv + argv).
+  const nodeArgs = [...(values['server-node-arg'] ?? []), ...(profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval', '200'] : [])];
+  const procs = [];
+  try {
+    log(`# N=${n} run ${index + 1}: port ${port}, fd limit ${fdLimit}${profDir ? `, profiling into ${profDir}` : ''}`);
+    const server = new Proc('server', ['bench/lib/server.mjs', '--port', String(port), '--dir', dir], { nodeArgs });
+    procs.push(server);
+    const first = await server.waitFor(/^ready pid=(\d+) .*gen=first/, 15_000, 'the first generation');
+    const oldPid = num(first);
+
+    // The order the clients connect in is the order the predecessor moves their connections.
+    const loadOut = path.join(dir, 'load.json');
+    const startLoad = async () => {
+      const proc = new Proc('load', ['bench/lib/load-client.mjs', '--port', String(port), '--c', String(loadConns), '--rate', String(loadRate), '--out', loadOut]);
+      procs.push(proc);
+      await proc.waitFor(/^loading/, 15_000, 'the load client');
+      return proc;
+    };
+    const startHold = async () => {
+      const proc = new Proc('hold', ['bench/lib/hold-client.mjs', '--port', String(port), '--n', String(n)]);
+      procs.push(proc);
+      const held = await proc.waitFor(/^held n=(\d+) failed=(\d+) pids=(\S+)/, 60_000, `${n} held connections`);
+      if (num(held) !== n) throw new Error(`hold client holds ${held[1]} connections of ${n} (${held[2]} failed)`);
+      return proc;
+    };
+    let load;
+    let hold;
+    if (loadOrder === 'load-first') {
+      load = await startLoad();
+      hold = await startHold();
+    } else {
+      hold = await startHold();
+      load = await startLoad();
+    }
+    await sleep(BASELINE_MS);
+
+    const cpuBefore = cpuSnapshot();
+    const tSighup = nowNs();
+    process.kill(oldPid, 'SIGHUP');
+    const succ = await server.waitFor(/^ready pid=(\d+) .*gen=successor t=(\d+) ready_called=(\d+) cpu=(\d+)/, 30_000, 'the successor');
+    const newPid = num(succ);
+    const retired = await server.waitFor(new RegExp(`^retired pid=${oldPid} closed=(\\d+) moved=(\\d+) remaining=(\\d+) timed_out=(\\w+) t=(\\d+) cpu=(\\d+)`), 60_000, 'the predecessor to retire');
+    const retiring = await server.waitFor(new RegExp(`^retiring pid=${oldPid} successor=\\d+ t=(\\d+) cpu=(\\d+)`), 1000, 'the retiring line');
+    const oldMarks = JSON.parse((await server.waitFor(new RegExp(`^marks pid=${oldPid} (.*)$`), 5000, 'predecessor marks'))[1]);
+    const bye = await server.waitFor(new RegExp(`^predecessor-retired pid=${newPid} clean=\\w+ t=\\d+ cpu=(\\d+)`), 10_000, 'BYE at the successor');
+    const adopted = JSON.parse((await server.waitFor(new RegExp(`^adopted pid=${newPid} (.*)$`), 5000, 'adopted runs'))[1]);
+    const newMarks = JSON.parse((await server.waitFor(new RegExp(`^marks pid=${newPid} (.*)$`), 5000, 'successor marks'))[1]);
+    const oldGone = await waitExit(oldPid, 5000);
+    const foreign = foreignCpu(cpuBefore, cpuSnapshot());
+    await sleep(AFTER_MS);
+    const tAfterEnd = nowNs();
+
+    hold.send('check');
+    const checked = JSON.parse((await hold.waitFor(/^checked (.*)$/, 60_000, 'the check of every held connection'))[1]);
+    load.send('stop');
+    const stopped = await load.waitFor(/^stopped requests=(\d+) errors=(\d+)/, 10_000, 'the load client to stop');
+    const loadData = JSON.parse(fs.readFileSync(loadOut, 'utf8'));
+
+    // ----- timings from the control messages -----
+    const readySent = newMarks.find((m) => m[1] === 'send' && m[2] === 'READY')[0];
+    const readyRecv = oldMarks.find((m) => m[1] === 'recv' && m[2] === 'READY')[0];
+    const connSent = oldMarks.filter((m) => m[1] === 'send' && m[2] === 'CONN');
+    const acksRecv = oldMarks.filter((m) => m[1] === 'recv' && m[2] === 'CONN_ACK');
+    const connRecv = newMarks.filter((m) => m[1] === 'recv' && m[2] === 'CONN');
+    const acksSent = newMarks.filter((m) => m[1] === 'send' && m[2] === 'CONN_ACK');
+    const lastAck = acksRecv[acksRecv.length - 1]?.[0];
+    const runs = adopted.runs;
+    // Per batch in the successor: CONN received -> CONN_ACK sent (new net.Socket per fd) and
+    // CONN_ACK sent -> last 'connection' of its run (emit 'connection', resume, timers).
+    const adoptMs = connRecv.map((m, i) => (acksSent[i] ? ms(m[0], acksSent[i][0]) : NaN));
+    // The run of each batch: the first run of 'connection' events that starts after its CONN_ACK
+    // (runs of connections accepted fresh, e.g. a load client reconnecting, are skipped).
+    const batchRuns = [];
+    for (let i = 0, j = 0; i < acksSent.length; i++) {
+      while (j < runs.length && big(runs[j][0]) < big(acksSent[i][0])) j++;
+      if (j < runs.length && (i + 1 >= acksSent.length || big(runs[j][0]) < big(acksSent[i + 1][0]))) batchRuns.push(runs[j++]);
+      else batchRuns.push(undefined);
+    }
+    const injectMs = batchRuns.map((r, i) => (r ? ms(acksSent[i][0], r[1]) : NaN));
+    const lastLive = batchRuns.filter(Boolean).at(-1)?.[1];
+    const perConn = (list, counts) => {
+      const total = list.reduce((a, b) => a + (Number.isNaN(b) ? 0 : b), 0);
+      const conns = counts.reduce((a, b) => a + b, 0);
+      return { totalMs: total, usPerConn: conns ? (total * 1000) / conns : NaN };
+    };
+    const result = {
+      n,
+      run: index + 1,
+      oldPid,
+      newPid,
+      spawnMs: ms(tSighup, readySent), // SIGHUP -> successor sends READY (node start-up, listen)
+      readyToLastAckMs: ms(readySent, lastAck),
+      readyToLastLiveMs: ms(readySent, lastLive),
+      readyToRetiredMs: ms(readySent, retired[5]),
+      readyRecvToFirstConnMs: ms(readyRecv, connSent[0][0]), // freezing every socket, first batch built
+      firstToLastConnSentMs: ms(connSent[0][0], connSent[connSent.length - 1][0]),
+      lastAckToRetiredMs: ms(lastAck, retired[5]),
+      // CPU time (user + system) each process spent on the move: READY -> BYE in the successor,
+      // 'retiring' -> 'retired' in the predecessor. Less sensitive to other load than wall time.
+      successorCpuMs: (num(bye) - num(succ, 4)) / 1000,
+      predecessorCpuMs: (num(retired, 6) - num(retiring, 2)) / 1000,
+      batches: connSent.length,
+      fdsSent: connSent.reduce((a, m) => a + m[3], 0),
+      successorAdopt: perConn(adoptMs, connRecv.map((m) => m[3])),
+      successorInject: perConn(injectMs, batchRuns.map((r) => r?.[2] ?? 0)),
+      successorBatchMedianMs: { adopt: median(adoptMs), inject: median(injectMs) },
+      adoptedInSuccessor: adopted.connections,
+      moved: num(retired, 2),
+      closed: num(retired, 1),
+      remaining: num(retired, 3),
+      timedOut: retired[4] === 'true',
+      oldExited: oldGone,
+      foreignCpu: foreign,
+      order: loadOrder,
+      check: checked,
+      // ms after READY was sent: per batch, for the JSON output (--json)
+      timeline: {
+        predConnSent: connSent.map((m) => ms(readySent, m[0])),
+        succConnRecv: connRecv.map((m) => ms(readySent, m[0])),
+        succAckSent: acksSent.map((m) => ms(readySent, m[0])),
+        succRun: batchRuns.map((r) => (r ? [ms(readySent, r[0]), ms(readySent, r[1]), r[2]] : null)),
+        predAckRecv: acksRecv.map((m) => ms(readySent, m[0])),
+      },
+      load: {
+        requests: num(stopped, 1),
+        errors: loadData.errors.length,
+        errorSamples: loadData.errors.slice(0, 5),
+        before: latencyStats(loadData.records, Number(tSighup / 1000n) - BASELINE_MS * 1000, Number(tSighup / 1000n)),
+        spawn: latencyStats(loadData.records, Number(tSighup / 1000n), Number(big(readySent) / 1000n)),
+        move: latencyStats(loadData.records, Number(big(readySent) / 1000n), Number(big(lastLive ?? retired[5]) / 1000n)),
+        after: latencyStats(loadData.records, Number(big(lastLive ?? retired[5]) / 1000n) + 1, Number(tAfterEnd / 1000n)),
+        pidsAfter: (() => {
+          const pids = {};
+          for (let i = 0; i < loadData.records.length; i += 4) if (loadData.records[i] > Number(big(lastLive ?? retired[5]) / 1000n)) pids[loadData.records[i + 2]] = (pids[loadData.records[i + 2]] ?? 0) + 1;
+          return pids;
+        })(),
+      },
+    };
+    result.ok =
+      result.moved >= n &&
+      result.remaining === 0 &&
+      checked.n === n &&
+      (checked.pids[newPid] ?? 0) === n &&
+      checked.closedWhileHeld === 0 &&
+      Object.keys(checked.errors).length === 0 &&
+      result.load.errors === 0;
+
+    hold.send('quit');
+    load.send('quit');
+    process.kill(newPid, 'SIGTERM'); // the successor exits through process.exit (writes its profile)
+    await waitExit(newPid, 10_000);
+    if (profDir) result.profiles = analyseProfiles(profDir, { oldPid, newPid, from: readySent, to: lastLive ?? retired[5], readyRecv, lastAck });
+    if (profDir && values['keep-profiles']) {
+      fs.mkdirSync(values['keep-profiles'], { recursive: true });
+      for (const f of fs.readdirSync(profDir)) fs.copyFileSync(path.join(profDir, f), path.join(values['keep-profiles'], `n${n}-run${index + 1}-${f}`));
+    }
+    return result;
+  } finally {
+    for (const proc of procs) {
+      try {
+        proc.child.stdin.end();
+      } catch {
+        // gone
+      }
+    }
+    killAll('SIGKILL');
+    for (const pid of started) await waitExit(pid, 2000);
+    started.clear();
+    fs.rmSync(dir, { recursive: true, force: true });
+    if (profDir) fs.rmSync(profDir, { recursive: true, force: true });
+  }
+}
+
+function analyseProfiles(profDir, { oldPid, newPid, from, to, readyRecv, lastAck }) {
+  const files = fs.readdirSync(profDir);
+  const find = (pid) => files.find((f) => f.includes(`.${pid}.`));
+  const out = {};
+  const fromUs = Number(big(from) / 1000n);
+  const toUs = Number(big(to) / 1000n);
+  for (const [role, pid, a, b] of [
+    ['successor', newPid, fromUs, toUs],
+    ['predecessor', oldPid, Number(big(readyRecv) / 1000n), Number(big(lastAck) / 1000n) + 5000],
+  ]) {
+    const file = find(pid);
+    if (!file) {
+      out[role] = { error: `no profile for pid ${pid} in ${files.join(', ')}` };
+      continue;
+    }
+    const s = summarise(path.join(profDir, file), a, b, { root });
+    const pick = (re) => inclusiveOf(s, (key) => re.test(key));
+    out[role] = {
+      windowMs: s.windowMs,
+      busyMs: s.busyMs,
+      self: s.self,
+      inclusive: s.inclusive,
+      lines: s.lines,
+      buckets:
+        role === 'successor'
+          ? {
+              'adoptBatch (all)': pick(/^adoptBatch src\/connections\.ts/),
+              'new net.Socket (Socket ctor)': pick(/^Socket node:net:/),
+              'start(): emit connection etc.': pick(/^start src\/connections\.ts/),
+              'connectionListenerInternal (http)': pick(/^connectionListenerInternal node:_http_server/),
+              'bench connection listener': pick(/bench\/lib\/server\.mjs/),
+              'track (upgrader)': pick(/^track src\/upgrader\.ts/),
+              'afterAdopt (http adapter)': pick(/^afterAdopt src\/adapters\/http\.ts/),
+              'socket.resume': pick(/^resume node:internal\/streams\/readable/),
+              'decode (protocol)': pick(/^decode src\/protocol\.ts/),
+              'recvmsg (native)': pick(/^recvmsg /),
+              'garbage collector': pick(/^\(garbage collector\)/),
+            }
+          : {
+              'retire (http adapter)': pick(/^retire src\/adapters\/http\.ts/),
+              'transfer (mover)': pick(/^transfer src\/connections\.ts/),
+              'checkInternals': pick(/^checkInternals src\/connections\.ts/),
+              'freezeReading': pick(/^freezeReading src\/connections\.ts/),
+              'isIdle (http adapter)': pick(/^isIdle src\/adapters\/http\.ts/),
+              'idleParsers (http adapter)': pick(/^idleParsers src\/adapters\/http\.ts/),
+              'flush (mover: build CONN)': pick(/^flush src\/connections\.ts/),
+              'encode (protocol)': pick(/^encode src\/protocol\.ts/),
+              'onAck (mover)': pick(/^onAck src\/connections\.ts/),
+              'onMessage (mover: CONN_ACK)': pick(/^onMessage src\/connections\.ts/),
+              'socket.destroy': pick(/^destroy node:internal\/streams\/destroy/),
+              'sendmsg (native)': pick(/^sendmsg /),
+              'dup (native)': pick(/^dup /),
+              'garbage collector': pick(/^\(garbage collector\)/),
+            },
+    };
+  }
+  return out;
+}
+
+// ---------- report ----------
+function table(rows) {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => String(r[i]).length)));
+  return rows.map((r, ri) => {
+    const line = r.map((cell, i) => (i === 0 ? String(cell).padEnd(widths[i]) : String(cell).padStart(widths[i]))).join('  ');
+    return ri === 0 ? `${line}\n${widths.map((w) => '-'.repeat(w)).join('  ')}` : line;
+  }).join('\n');
+}
+
+const f1 = (x) => (Number.isFinite(x) ? x.toFixed(1) : '-');
+const f2 = (x) => (Number.isFinite(x) ? x.toFixed(2) : '-');
+
+function report(results) {
+  const cols = results.map((r) => `N=${r.n}${runsPerSize > 1 ? ` #${r.run}` : ''}`);
+  const row = (label, f) => [label, ...results.map(f)];
+  const lat = (w) => (r) => `${f2(r.load[w].p99)} / ${f2(r.load[w].max)} (${r.load[w].count})`;
+  const out = [];
+  out.push(
+    table([
+      ['', ...cols],
+      row('SIGHUP -> READY sent (successor start) ms', (r) => f1(r.spawnMs)),
+      row('READY -> last CONN_ACK ms (end to end)', (r) => f1(r.readyToLastAckMs)),
+      row('READY -> last conn live in successor ms', (r) => f1(r.readyToLastLiveMs)),
+      row('READY -> predecessor retired ms', (r) => f1(r.readyToRetiredMs)),
+      row('  pred: READY recv -> first CONN sent ms', (r) => f1(r.readyRecvToFirstConnMs)),
+      row('  pred: first -> last CONN sent ms', (r) => f1(r.firstToLastConnSentMs)),
+      row('  succ: adopt (CONN -> ACK) total ms', (r) => f1(r.successorAdopt.totalMs)),
+      row('  succ: adopt us/conn', (r) => f1(r.successorAdopt.usPerConn)),
+      row('  succ: inject (ACK -> emitted) total ms', (r) => f1(r.successorInject.totalMs)),
+      row('  succ: inject us/conn', (r) => f1(r.successorInject.usPerConn)),
+      row('  pred: last ACK -> retired ms', (r) => f1(r.lastAckToRetiredMs)),
+      row('successor CPU during the move ms', (r) => f1(r.successorCpuMs)),
+      row('predecessor CPU during the move ms', (r) => f1(r.predecessorCpuMs)),
+      row('CONN batches (fds)', (r) => `${r.batches} (${r.fdsSent})`),
+      row('moved / closed / remaining', (r) => `${r.moved} / ${r.closed} / ${r.remaining}`),
+      row('held conns answering from new pid', (r) => `${r.check.pids[r.newPid] ?? 0} / ${r.n}`),
+      row('held conns closed or failed', (r) => `${r.check.closedWhileHeld} / ${Object.values(r.check.errors).reduce((a, b) => a + b, 0)}`),
+      row(`load p99 / max ms (reqs): before`, lat('before')),
+      row(`load p99 / max ms (reqs): spawn`, lat('spawn')),
+      row(`load p99 / max ms (reqs): move`, lat('move')),
+      row(`load p99 / max ms (reqs): after`, lat('after')),
+      row('load errors', (r) => r.load.errors),
+      row('other processes on the CPUs (cores)', (r) => f2(r.foreignCpu)),
+      row('verdict', (r) => (r.ok ? 'ok' : 'FAILED')),
+    ]),
+  );
+  for (const r of results) {
+    if (!r.profiles) continue;
+    for (const [role, p] of Object.entries(r.profiles)) {
+      out.push(`\nProfile N=${r.n} #${r.run} ${role} (window ${f1(p.windowMs)} ms, busy ${f1(p.busyMs)} ms)`);
+      if (p.error) {
+        out.push(`  ${p.error}`);
+        continue;
+      }
+      out.push(table([['inclusive bucket', 'ms'], ...Object.entries(p.buckets).map(([k, v]) => [k, f1(v)])]));
+      out.push(table([['top self', 'where', 'ms'], ...p.self.map((e) => [e.name, e.where, f1(e.ms)])]));
+    }
+  }
+  return out.join('\n');
+}
+
+// ---------- main ----------
+const watchdog = setTimeout(() => {
+  log(`bench: overall timeout of ${values.timeout} s; killing everything`);
+  killAll('SIGKILL');
+  process.exit(2);
+}, Number(values.timeout) * 1000);
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    killAll('SIGKILL');
+    process.exit(130);
+  });
+}
+process.on('exit', () => killAll('SIGKILL'));
+
+// Preflight: the library and its addon must load (dist/ and build/ are built by `npm run build` / `npm run build:native`).
+try {
+  execFileSync(process.execPath, ['-e', "require('./dist/index.js'); require('./dist/native.js').binding()"], { cwd: root, stdio: 'pipe' });
+} catch (err) {
+  log(`bench: the library does not load; build it first (npx tsc -p tsconfig.json; npm run build:native):\n${String(err.stderr ?? err).slice(0, 2000)}`);
+  process.exit(1);
+}
+
+const need = Math.max(...sizes) * 2 + loadConns * 2 + 256;
+if (fdLimit < need) log(`warning: fd limit ${fdLimit} (hard ${hardLimit}) may be too low; the predecessor may hold up to ~${need} fds`);
+
+const results = [];
+let failed = false;
+try {
+  for (const n of sizes) {
+    for (let i = 0; i < runsPerSize; i++) results.push(await runOnce(n, i));
+  }
+} catch (err) {
+  failed = true;
+  log(`bench failed: ${err.stack ?? err}`);
+}
+clearTimeout(watchdog);
+if (results.length > 0) {
+  const cpu = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
+  console.log(`\nmachine: ${os.cpus().length} cpus (${cpu}), node ${process.version}, fd limit ${fdLimit}; load: ${loadConns} conns x ${loadRate} req/s, ${loadOrder}${values['server-node-arg'] ? `; server flags ${values['server-node-arg'].join(' ')}` : ''}${values.profile ? '; PROFILED (timings inflated)' : ''}`);
+  console.log(report(results));
+  for (const r of results) {
+    if (!r.ok) console.log(`\nN=${r.n} #${r.run} FAILED: ${JSON.stringify({ moved: r.moved, remaining: r.remaining, check: r.check, loadErrors: r.load.errorSamples })}`);
+  }
+}
+if (values.json) {
+  const plain = results.map(({ profiles, ...rest }) => ({
+    ...rest,
+    ...(profiles ? { profiles: Object.fromEntries(Object.entries(profiles).map(([k, v]) => [k, { ...v }])) } : {}),
+  }));
+  fs.writeFileSync(values.json, JSON.stringify(plain, null, 2));
+}
+process.exit(failed || results.some((r) => !r.ok) ? 1 : 0);
