@@ -429,12 +429,14 @@ function analyseProfiles(profDir, { oldPid, newPid, from, to, readyRecv, lastAck
               'new net.Socket (Socket ctor)': pick(/^Socket node:net:/),
               'start(): emit connection etc.': pick(/^start src\/connections\.ts/),
               'connectionListenerInternal (http)': pick(/^connectionListenerInternal node:_http_server/),
-              'bench connection listener': pick(/bench\/lib\/server\.mjs/),
+              // The bench wraps the addon's sendmsg/recvmsg (bench/lib/server.mjs): the syscalls show under these names.
+              'sendmsg CONN_ACK (syscall + wake-up)': pick(/^native\.sendmsg /),
+              'recvmsg CONN (syscall)': pick(/^native\.recvmsg /),
               'track (upgrader)': pick(/^track src\/upgrader\.ts/),
               'afterAdopt (http adapter)': pick(/^afterAdopt src\/adapters\/http\.ts/),
               'socket.resume': pick(/^resume node:internal\/streams\/readable/),
               'decode (protocol)': pick(/^decode src\/protocol\.ts/),
-              'recvmsg (native)': pick(/^recvmsg /),
+              'HTTP requests of the load (parserOnHeadersComplete)': pick(/^parserOnHeadersComplete /),
               'garbage collector': pick(/^\(garbage collector\)/),
             }
           : {
@@ -449,8 +451,7 @@ function analyseProfiles(profDir, { oldPid, newPid, from, to, readyRecv, lastAck
               'onAck (mover)': pick(/^onAck src\/connections\.ts/),
               'onMessage (mover: CONN_ACK)': pick(/^onMessage src\/connections\.ts/),
               'socket.destroy': pick(/^destroy node:internal\/streams\/destroy/),
-              'sendmsg (native)': pick(/^sendmsg /),
-              'dup (native)': pick(/^dup /),
+              'sendmsg CONN (syscall)': pick(/^native\.sendmsg /),
               'garbage collector': pick(/^\(garbage collector\)/),
             },
     };

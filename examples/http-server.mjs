@@ -34,8 +34,6 @@ const server = http.createServer((req, res) => {
 });
 
 await upgrader.listen(server, { port, host: values.host });
-await upgrader.ready();
-console.log(`ready pid=${process.pid} port=${server.address().port}`);
 
 process.on('SIGHUP', () => {
   upgrader.upgrade().then(
@@ -60,3 +58,7 @@ upgrader.on('retired', (report) => {
   log(`retired: ${report.closed} closed, ${report.moved} moved, ${report.remaining} left`);
   process.exit(0);
 });
+
+// Ready last: whoever reads this line may signal at once, so every handler is in place.
+await upgrader.ready();
+console.log(`ready pid=${process.pid} port=${server.address().port}`);

@@ -191,6 +191,26 @@ Napi::Value SeqpacketListen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(result.value));
 }
 
+Napi::Value UnixStreamListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  int64_t backlog = 0;
+  if (!GetSocketPath(env, info[0], &path)) return env.Undefined();
+  if (!GetInteger(env, info[1], "backlog", 0, INT_MAX, &backlog)) return env.Undefined();
+  fdpass::Result result = fdpass::UnixStreamListen(path.data(), path.size(), static_cast<int>(backlog));
+  if (result.err != 0) return ThrowSystemError(env, result, &path);
+  return Napi::Number::New(env, static_cast<double>(result.value));
+}
+
+Napi::Value UnixStreamConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  if (!GetSocketPath(env, info[0], &path)) return env.Undefined();
+  fdpass::Result result = fdpass::UnixStreamConnect(path.data(), path.size());
+  if (result.err != 0) return ThrowSystemError(env, result, &path);
+  return Napi::Number::New(env, static_cast<double>(result.value));
+}
+
 Napi::Value SeqpacketConnect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path;
@@ -567,6 +587,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("seqpacketPair", Napi::Function::New<SeqpacketPair>(env, "seqpacketPair"));
   exports.Set("seqpacketListen", Napi::Function::New<SeqpacketListen>(env, "seqpacketListen"));
   exports.Set("seqpacketConnect", Napi::Function::New<SeqpacketConnect>(env, "seqpacketConnect"));
+  exports.Set("unixStreamListen", Napi::Function::New<UnixStreamListen>(env, "unixStreamListen"));
+  exports.Set("unixStreamConnect", Napi::Function::New<UnixStreamConnect>(env, "unixStreamConnect"));
   exports.Set("accept", Napi::Function::New<Accept>(env, "accept"));
   exports.Set("sendmsg", Napi::Function::New<SendMessage>(env, "sendmsg"));
   exports.Set("recvmsg", Napi::Function::New<ReceiveMessage>(env, "recvmsg"));

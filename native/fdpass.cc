@@ -221,11 +221,27 @@ Result SeqpacketPair(int fds[2]) {
 }
 
 Result SeqpacketListen(const char* path, size_t length, int backlog) {
+  return UnixListen(SOCK_SEQPACKET, path, length, backlog);
+}
+
+Result UnixStreamListen(const char* path, size_t length, int backlog) {
+  return UnixListen(SOCK_STREAM, path, length, backlog);
+}
+
+Result SeqpacketConnect(const char* path, size_t length) {
+  return UnixConnect(SOCK_SEQPACKET, path, length);
+}
+
+Result UnixStreamConnect(const char* path, size_t length) {
+  return UnixConnect(SOCK_STREAM, path, length);
+}
+
+Result UnixListen(int type, const char* path, size_t length, int backlog) {
   sockaddr_un address;
   socklen_t addressLength = 0;
   int err = FillUnixAddress(path, length, &address, &addressLength);
   if (err != 0) return Fail("bind", -err);
-  int fd = OpenUnixSocket(SOCK_SEQPACKET, true);
+  int fd = OpenUnixSocket(type, true);
   if (fd < 0) return Fail("socket", errno);
   if (bind(fd, reinterpret_cast<sockaddr*>(&address), addressLength) < 0) {
     Result result = Fail("bind", errno);
@@ -242,13 +258,13 @@ Result SeqpacketListen(const char* path, size_t length, int backlog) {
   return Ok(fd);
 }
 
-Result SeqpacketConnect(const char* path, size_t length) {
+Result UnixConnect(int type, const char* path, size_t length) {
   sockaddr_un address;
   socklen_t addressLength = 0;
   int err = FillUnixAddress(path, length, &address, &addressLength);
   if (err != 0) return Fail("connect", -err);
   // Blocking connect: a local unix connect completes at once unless the listener's backlog is full.
-  int fd = OpenUnixSocket(SOCK_SEQPACKET, false);
+  int fd = OpenUnixSocket(type, false);
   if (fd < 0) return Fail("socket", errno);
   bool interrupted = false;
   for (;;) {

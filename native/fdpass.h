@@ -59,6 +59,13 @@ Result SeqpacketListen(const char* path, size_t length, int backlog);
 // socket + connect to a unix path; value is a connected, non-blocking, close-on-exec fd.
 Result SeqpacketConnect(const char* path, size_t length);
 
+// The same two for SOCK_STREAM: a unix listener bound by us (libuv unlinks paths it bound itself
+// when the server closes), and a connect that tells a live socket file from a stale one.
+Result UnixStreamListen(const char* path, size_t length, int backlog);
+Result UnixStreamConnect(const char* path, size_t length);
+Result UnixListen(int type, const char* path, size_t length, int backlog);
+Result UnixConnect(int type, const char* path, size_t length);
+
 // accept(2) with the new fd non-blocking and close-on-exec; kWouldBlock when nothing is pending.
 Result Accept(int fd);
 

@@ -106,7 +106,7 @@ export class ProcessGroup {
       };
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(waiter), 1);
-        reject(new Error(`timed out waiting for ${regex}; stdout:\n${this.lines.join('\n')}\nstderr:\n${this.stderr.join('').slice(-4000)}`));
+        reject(new Error(`timed out waiting for ${regex}; alive: ${[...this.pids].map((pid) => `${pid}=${isAlive(pid)}`).join(' ')}; stdout:\n${this.lines.join('\n')}\nstderr:\n${this.stderr.join('').slice(-4000)}`));
       }, timeout);
       this.waiters.push(waiter);
     });
