@@ -92,6 +92,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   private assembling: { length: number; fdCount: number; parts: Buffer[]; received: number; fds: number[] } | undefined;
   private paused = false;
   private closed = false;
+  private failure: Error | undefined;
   private armed: { readable: boolean; writable: boolean } = { readable: false, writable: false };
 
   constructor(fd: number, options: FdChannelOptions = {}) {
@@ -113,6 +114,11 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
 
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  /** Why the channel closed, when it closed on an error (set before 'close' is emitted). */
+  get error(): Error | undefined {
+    return this.failure;
   }
 
   /** Bytes and chunks still waiting for the kernel. */
@@ -226,6 +232,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   private fail(err: Error): void {
     if (this.closed) return;
     debug('channel fd %d failed: %s', this.fd, err.message);
+    this.failure = err;
     // Close first so that listeners of 'error' see a closed channel with nothing leaked.
     this.close();
     if (this.listenerCount('error') > 0) this.emit('error', err);

@@ -47,6 +47,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     });
     channel.on('close', () => {
       if (this.ended) return;
+      this.failure ??= channel.error;
       for (const message of this.backlog.splice(0)) if ('fds' in message) closeFds(message.fds);
       this.ended = true;
       debug('%s closed%s', this.label, this.failure ? `: ${this.failure.message}` : '');

@@ -187,3 +187,57 @@ describe('lifecycle', () => {
   });
 });
 
+
+describe('many upgrades', () => {
+  async function fdsOf(pid) {
+    const since = group.lines.length;
+    process.kill(pid, 'SIGUSR2');
+    const [, count] = await group.waitForLine(/^fds count=(\d+)/, { since });
+    return Number(count);
+  }
+
+  test('50 upgrades in a row; the serving process holds as many fds after 50 as after 1', { timeout: 120_000 }, async () => {
+    const { dir, env } = setup();
+    const first = await startFirst({ ...env, PORT: '0' });
+    let current = first.pid;
+    let afterFirst;
+    for (let i = 1; i <= 50; i++) {
+      const since = group.lines.length;
+      process.kill(current, 'SIGHUP');
+      const [, next] = await group.waitForLine(/^ready pid=(\d+) .*gen=successor/, { since });
+      const previous = current;
+      current = Number(next);
+      // The next upgrade is possible once the predecessor has retired and exited.
+      await waitUntil(() => !isAlive(previous), 10_000, `pid ${previous} to exit`);
+      if (i === 1) afterFirst = await fdsOf(current);
+    }
+    assert.equal(readPid(dir), current);
+    assert.equal((await get(first.port)).headers['x-pid'], String(current));
+    assert.equal(await fdsOf(current), afterFirst);
+  });
+
+  test('the predecessor holds as many fds after 10 failed upgrades as before', { timeout: 60_000 }, async () => {
+    const { env, modeFile } = setup();
+    const first = await startFirst({ ...env, PORT: '0', READY_TIMEOUT: '1000' });
+    const before = await fdsOf(first.pid);
+    const modes = ['crash-before-ready', 'kill-before-ready', 'hang', 'crash-before-ready', 'die-after-ready'];
+    for (let i = 0; i < 10; i++) {
+      const mode = modes[i % modes.length];
+      fs.writeFileSync(modeFile, mode);
+      const since = group.lines.length;
+      process.kill(first.pid, 'SIGHUP');
+      if (mode === 'die-after-ready') {
+        // A request in flight keeps this process retiring until the successor dies.
+        const slow = get(first.port, '/slow?ms=600');
+        await group.waitForLine(/^rollback successor=\d+/, { since });
+        await slow;
+      } else {
+        await group.waitForLine(/^upgrade-failed code=/, { since });
+      }
+    }
+    // Let the kernel finish closing what the successors held.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(await fdsOf(first.pid), before);
+    assert.equal((await get(first.port)).headers['x-pid'], String(first.pid));
+  });
+});
