@@ -1,6 +1,7 @@
 // The public API of handover.
 export { createUpgrader, Upgrader } from './upgrader';
-export type { UpgraderOptions, UpgraderState, UpgraderEvents, SuccessorCommand, ConnectionsReport } from './upgrader';
+export type { UpgraderOptions, UpgraderState, UpgraderEvents, SuccessorCommand, ConnectionsReport, ListenOptions } from './upgrader';
+export type { TransferOptions, AdoptHandler, AdoptedConnection } from './connections';
 export type { ListenTarget, InheritedListener } from './listeners';
 export { listenerKey } from './listeners';
 export { HandoverError, isHandoverError } from './errors';
