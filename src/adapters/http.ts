@@ -50,7 +50,8 @@ export class HttpAdapter {
   constructor(server: http.Server, options: { tls: boolean; http2: boolean }) {
     this.server = server;
     this.canMove = !options.tls && !options.http2 && connectionsList(server) !== undefined;
-    server.on('connection', (socket: HttpSocket) => {
+    // For TLS the HTTP state lives on the TLSSocket, not on the TCP socket under it.
+    server.on(options.tls ? 'secureConnection' : 'connection', (socket: HttpSocket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
     });
