@@ -56,9 +56,13 @@ describe('lifecycle', () => {
   test('upgrade() on SIGHUP: a new pid serves on the same port and the old one exits 0', async () => {
     const { dir, env } = setup();
     const first = await startFirst({ ...env, PORT: '0' });
+    const since = group.lines.length;
     const line = await upgradeOnce(first.pid);
     const newPid = Number(/upgraded pid=(\d+)/.exec(line)?.[1]);
     assert.ok(newPid > 0 && newPid !== first.pid, line);
+    // inheritListeners() in the successor: the listening socket, described by the kernel.
+    const [inherited] = await group.waitForLine(/^inherited .*/, { since });
+    assert.equal(inherited, `inherited tcp:127.0.0.1:0@inet/127.0.0.1:${first.port}:true`);
     assert.deepEqual(await first.child.exited, { code: 0, signal: null });
     const res = await get(first.port);
     assert.equal(res.headers['x-pid'], String(newPid));

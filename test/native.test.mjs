@@ -128,9 +128,27 @@ function runChild(script, nodeArgs = [], spawnOptions = {}) {
 describe('exports', () => {
   test('match the Binding interface', () => {
     assert.equal(native.MAX_FDS_PER_MESSAGE, 253);
-    const functions = ['seqpacketPair', 'seqpacketListen', 'seqpacketConnect', 'accept', 'sendmsg', 'recvmsg', 'peerCredentials', 'socketInfo', 'dup', 'close', 'setNonBlocking', 'createPoller'];
+    const functions = ['seqpacketPair', 'seqpacketListen', 'seqpacketConnect', 'unixStreamListen', 'unixStreamConnect', 'accept', 'sendmsg', 'recvmsg', 'peerCredentials', 'socketInfo', 'dup', 'close', 'setNonBlocking', 'createPoller'];
     for (const name of functions) assert.equal(typeof native[name], 'function', name);
     assert.deepEqual(Object.keys(native).sort(), ['MAX_FDS_PER_MESSAGE', ...functions].sort());
+  });
+});
+
+describe('unixStreamListen, unixStreamConnect', () => {
+  fdTest('a unix stream listener bound by us: live, connectable, and stale once closed', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'handover-native-'));
+    const socketPath = path.join(dir, 's.sock');
+    const listener = native.unixStreamListen(socketPath, 8);
+    assert.deepEqual(native.socketInfo(listener), { type: 'stream', family: 'unix', listening: true, path: socketPath });
+    const client = native.unixStreamConnect(socketPath);
+    assert.equal(native.socketInfo(client).type, 'stream');
+    const accepted = native.accept(listener);
+    assert.ok(accepted >= 0);
+    closeAll([client, accepted, listener]);
+    assert.ok(fs.existsSync(socketPath), 'closing the fd does not unlink the path');
+    assert.throws(() => native.unixStreamConnect(socketPath), { code: 'ECONNREFUSED' });
+    assert.throws(() => native.unixStreamListen(socketPath, 8), { code: 'EADDRINUSE' });
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 });
 
