@@ -1,7 +1,19 @@
 #!/usr/bin/env node
 // Benchmark: move N idle keep-alive HTTP connections to a successor in one upgrade (SIGHUP).
-//   npm run bench:move                       # N = 1,000 and 10,000
-//   node bench/move-connections.mjs --n 10000 --runs 3 --profile --json out.json
+//   npm run bench:move                       # N = 1,000 and 10,000, one run each (~30 s)
+//   node bench/move-connections.mjs --n 10000 --runs 3 --wait-quiet 15 --json out.json
+// Options:
+//   --n N (repeatable)   connection counts (default 1000 and 10000)
+//   --runs R             runs per N (default 1)
+//   --c C --rate R       load: C keep-alive connections, R requests/s each (default 16 x 100)
+//   --order load-first|load-last   which client connects first = whose connections move first
+//   --profile            --cpu-prof on both generations; prints where the time went (inflates timings)
+//   --keep-profiles DIR  keep the .cpuprofile files (dig with bench/lib/profile-tree.mjs)
+//   --server-node-arg A  extra node flag for the server (the successor inherits it)
+//   --wait-quiet S       before each run wait up to S s for other processes to leave the CPUs
+//   --fd-limit L         RLIMIT_NOFILE of the processes (default: the hard limit, at most 65536)
+//   --json FILE          every figure, per batch timeline included
+//   --timeout S          overall deadline (default 170 s); everything is killed after it
 // Processes (each a separate node, started through `ulimit -n` for 10k+ fds):
 //   server  bench/lib/server.mjs: the first generation; SIGHUP spawns the successor (same argv)
 //   hold    bench/lib/hold-client.mjs: N idle keep-alive connections, one request each, then idle
@@ -9,6 +21,7 @@
 // Measured: READY -> last CONN_ACK (exact, from the control messages), moved count, every held
 // connection answering from the new pid afterwards, latency of the load before/during/after.
 // Every process started here (and the successor) is killed by pid at the end, or on any failure.
+// Exit code: 0 when every run moved everything and lost nothing, 1 otherwise.
 import { spawn, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -33,6 +46,7 @@ const { values } = parseArgs({
     order: { type: 'string', default: 'load-first' },
     'wait-quiet': { type: 'string', default: '0' },
     'server-node-arg': { type: 'string', multiple: true },
+    'fd-limit': { type: 'string' },
   },
 });
 const sizes = (values.n ?? ['1000', '10000']).map(Number);
@@ -51,7 +65,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const nowNs = () => process.hrtime.bigint();
 
 const hardLimit = Number(execFileSync('bash', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).trim()) || 1024;
-const fdLimit = Math.min(hardLimit, 65536);
+const fdLimit = Math.min(hardLimit, Number(values['fd-limit'] ?? 65536));
 
 function alive(pid) {
   try {
@@ -145,6 +159,21 @@ function freePort() {
   });
 }
 
+/** childrenOf lists the pids whose parent is `pid` (from /proc). */
+function childrenOf(pid) {
+  const children = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return children;
+}
+
 async function waitExit(pid, ms) {
   const deadline = Date.now() + ms;
   while (alive(pid) && Date.now() < deadline) await sleep(20);
@@ -229,6 +258,7 @@ async function runOnce(n, index) {
   // Node flags of the server; the successor inherits them (upgrade() spawns execPath + execArgv + argv).
   const nodeArgs = [...(values['server-node-arg'] ?? []), ...(profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval', '200'] : [])];
   const procs = [];
+  let watching = false;
   try {
     log(`# N=${n} run ${index + 1}: port ${port}, fd limit ${fdLimit}${profDir ? `, profiling into ${profDir}` : ''}`);
     const server = new Proc('server', ['bench/lib/server.mjs', '--port', String(port), '--dir', dir], { nodeArgs });
@@ -265,8 +295,18 @@ async function runOnce(n, index) {
     const cpuBefore = cpuSnapshot();
     const tSighup = nowNs();
     process.kill(oldPid, 'SIGHUP');
+    // The successor is spawned detached by the server: note its pid as soon as it exists, so that
+    // it is killed at the end even if it never gets to print its ready line.
+    watching = true;
+    void (async () => {
+      while (watching) {
+        for (const pid of childrenOf(oldPid)) started.add(pid);
+        await sleep(10);
+      }
+    })();
     const succ = await server.waitFor(/^ready pid=(\d+) .*gen=successor t=(\d+) ready_called=(\d+) cpu=(\d+)/, 30_000, 'the successor');
     const newPid = num(succ);
+    watching = false;
     const retired = await server.waitFor(new RegExp(`^retired pid=${oldPid} closed=(\\d+) moved=(\\d+) remaining=(\\d+) timed_out=(\\w+) t=(\\d+) cpu=(\\d+)`), 60_000, 'the predecessor to retire');
     const retiring = await server.waitFor(new RegExp(`^retiring pid=${oldPid} successor=\\d+ t=(\\d+) cpu=(\\d+)`), 1000, 'the retiring line');
     const oldMarks = JSON.parse((await server.waitFor(new RegExp(`^marks pid=${oldPid} (.*)$`), 5000, 'predecessor marks'))[1]);
@@ -384,6 +424,7 @@ async function runOnce(n, index) {
     }
     return result;
   } finally {
+    watching = false;
     for (const proc of procs) {
       try {
         proc.child.stdin.end();

@@ -183,8 +183,12 @@ interface Moving {
   reject: (err: Error) => void;
 }
 
+const EMPTY = Buffer.alloc(0);
+
 /** Most connections per CONN frame: the kernel's limit of fds per sendmsg. */
 const BATCH = 253;
+/** CONN frames sent ahead of their CONN_ACKs. */
+const WINDOW = 8;
 /** Unflushed writes carried inside a CONN frame, per connection; more waits for the answer. */
 const MAX_CARRIED = 1024 * 1024;
 
@@ -207,6 +211,7 @@ export class ConnectionMover {
   private readonly pendingWriteAcks = new Map<string, (err?: Error | null) => void>();
   private readonly queue: Moving[] = [];
   private flushScheduled = false;
+  private batchesInFlight = 0;
   private closed = false;
   private readonly claimed = new WeakSet<net.Socket>();
 
@@ -221,7 +226,15 @@ export class ConnectionMover {
   }
 
   /** transfer moves one socket; resolves when the successor acknowledged it. */
-  async transfer(socketArg: net.Socket, options: TransferOptions = {}): Promise<void> {
+  transfer(socketArg: net.Socket, options: TransferOptions = {}): Promise<void> {
+    try {
+      return this.decide(socketArg, options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  private decide(socketArg: net.Socket, options: TransferOptions): Promise<void> {
     if (!(socketArg instanceof net.Socket)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'transferConnection() needs a net.Socket');
     const socket = socketArg as InternalSocket;
     if (this.closed) throw new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; the connection stays here');
@@ -271,28 +284,32 @@ export class ConnectionMover {
     // 2. Writes from now on are ours to deliver (carried, held or forwarded); only the write
     //    already inside libuv must reach the kernel before the fd travels.
     this.interceptWrites(entry);
-    try {
-      await waitWritesFlushed(socket);
-    } catch (err) {
-      this.restoreWrites(entry);
-      entry.thaw();
-      this.claimed.delete(socket);
-      throw err;
-    }
-    if (this.closed) {
-      this.giveBackWrites(entry);
-      entry.thaw();
-      this.claimed.delete(socket);
-      throw new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; the connection stays here');
-    }
-    entry.fd = binding().dup(socket._handle!.fd);
-    return new Promise<void>((resolve, reject) => {
+    const promise = new Promise<void>((resolve, reject) => {
       entry.resolve = resolve;
       entry.reject = reject;
+    });
+    const enqueue = (): void => {
+      if (this.closed) {
+        this.giveBack(entry, new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; the connection stays here'));
+        return;
+      }
       this.moving.set(entry.id, entry);
       this.queue.push(entry);
-      this.scheduleFlush();
-    });
+      // A full batch leaves at once, so the successor adopts while this process still decides.
+      if (this.queue.length >= BATCH) this.flush();
+      else this.scheduleFlush();
+    };
+    // The usual case (nothing unwritten) stays synchronous: no turn of the loop per connection.
+    if (writesFlushed(socket)) enqueue();
+    else {
+      waitWritesFlushed(socket).then(enqueue, (err: Error) => {
+        this.restoreWrites(entry);
+        entry.thaw();
+        this.claimed.delete(socket);
+        entry.reject(err);
+      });
+    }
+    return promise;
   }
 
   private interceptWrites(entry: Moving): void {
@@ -353,9 +370,26 @@ export class ConnectionMover {
     });
   }
 
+  /**
+   * flush sends queued connections, up to WINDOW frames ahead of the acknowledgements: fds in
+   * flight count against the sender's RLIMIT_NOFILE (ETOOMANYREFS), and each dup against its fd
+   * limit, so 10,000 connections never need 10,000 extra fds at once.
+   */
   private flush(): void {
-    while (this.queue.length > 0 && !this.closed) {
-      const batch = this.queue.splice(0, BATCH);
+    while (this.queue.length > 0 && !this.closed && this.batchesInFlight < WINDOW) {
+      const native = binding();
+      const batch: Moving[] = [];
+      for (const entry of this.queue.splice(0, BATCH)) {
+        try {
+          // A dup travels: the socket's own fd may be closed by the application meanwhile.
+          entry.fd = native.dup(entry.socket._handle!.fd);
+          batch.push(entry);
+        } catch (err) {
+          this.moving.delete(entry.id);
+          this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `cannot duplicate the connection's fd: ${(err as Error).message}`, { cause: err }));
+        }
+      }
+      if (batch.length === 0) continue;
       const parts: Buffer[] = [];
       const conns: ConnEntry[] = batch.map((entry) => {
         entry.phase = 'sent';
@@ -366,6 +400,7 @@ export class ConnectionMover {
       });
       const fds = batch.map((entry) => entry.fd);
       debug('CONN with %d connections', batch.length);
+      this.batchesInFlight++;
       // The dups are the channel's now: closed once in the kernel, whatever happens.
       this.session.send({ type: 'CONN', conns, body: Buffer.concat(parts), fds }, { closeFdsAfterSend: true }).catch(() => {
         // The session closed: close() gives every unacknowledged connection back.
@@ -376,8 +411,10 @@ export class ConnectionMover {
   /** onMessage handles CONN_ACK and WRITE_ACK from the successor; false for anything else. */
   onMessage(message: Message): boolean {
     if (message.type === 'CONN_ACK') {
+      this.batchesInFlight = Math.max(0, this.batchesInFlight - 1);
       for (const id of message.acked) this.onAck(id);
       for (const { id, reason } of message.refused) this.onNack(id, reason);
+      this.flush();
       return true;
     }
     if (message.type === 'WRITE_ACK') {
@@ -462,7 +499,7 @@ export class ConnectionMover {
     this.queue.splice(0);
     for (const entry of [...this.moving.values()]) {
       this.moving.delete(entry.id);
-      if (entry.phase === 'collecting') closeFds([entry.fd]);
+      // Queued entries have no dup yet; sent ones' dups belong to the channel.
       this.giveBack(entry, err);
     }
     const lost = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor went away; late writes cannot be delivered');
@@ -482,7 +519,7 @@ export interface AdopterHooks {
   /** The server registered for a key, and its adopt handler if it has one. */
   serverFor(key: string): { server: net.Server; adopt: AdoptHandler | undefined; afterAdopt?: (socket: net.Socket) => void } | undefined;
   /** Count an adopted socket as one of this process's connections. */
-  track(socket: net.Socket): void;
+  track(socket: net.Socket, key: string): void;
 }
 
 /**
@@ -550,7 +587,7 @@ export class ConnectionAdopter {
       acked.push(entry.id);
       this.adopted.set(entry.id, socket);
       socket.once('close', () => this.adopted.delete(entry.id));
-      started.push({ socket, entry, pending: Buffer.from(pending), unflushed: Buffer.from(unflushed), target });
+      started.push({ socket, entry, pending: pending.length > 0 ? Buffer.from(pending) : EMPTY, unflushed: unflushed.length > 0 ? Buffer.from(unflushed) : EMPTY, target });
     });
     this.adoptedCount += acked.length;
     debug('adopted %d, refused %d', acked.length, refused.length);
@@ -564,7 +601,7 @@ export class ConnectionAdopter {
         internal.server = server;
         internal._server = server;
         server._connections++;
-        this.hooks.track(socket);
+        this.hooks.track(socket, entry.key);
         if (target.adopt) {
           target.adopt(socket, { key: entry.key, pending, state: entry.state });
         } else {

@@ -448,10 +448,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
           const http = entry.http;
           return { server: entry.server, adopt: entry.adopt, ...(http ? { afterAdopt: (socket: net.Socket) => http.afterAdopt(socket) } : {}) };
         },
-        track: (socket) => {
-          const key = [...this.servers.values()].find((entry) => entry.server === (socket as net.Socket & { server?: net.Server }).server)?.key;
-          if (key !== undefined) this.track(socket, key);
-        },
+        track: (socket, key) => this.track(socket, key),
       });
       predecessor.session.onMessage((message) => this.onPredecessorMessage(message));
     }

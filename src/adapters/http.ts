@@ -45,6 +45,7 @@ export class HttpAdapter {
   private readonly sessions = new Set<{ close(): void; closed?: boolean; destroyed?: boolean }>();
   private readonly adoptedIdle = new WeakSet<net.Socket>();
   private readonly submitted = new WeakSet<net.Socket>();
+  private readonly lastResponse = new WeakSet<net.Socket>();
   readonly canMove: boolean;
 
   constructor(server: http.Server, options: { tls: boolean; http2: boolean }) {
@@ -71,7 +72,9 @@ export class HttpAdapter {
         socket.setTimeout(this.server.timeout || 0);
       }
       if (!this.retiring) return;
-      if (this.move && this.canMove) {
+      if (this.lastResponse.has(socket)) {
+        res.shouldKeepAlive = false;
+      } else if (this.move && this.canMove) {
         res.once('finish', () => setImmediate(() => this.tryMove(socket)));
       } else {
         res.shouldKeepAlive = false;
@@ -135,7 +138,7 @@ export class HttpAdapter {
   }
 
   private tryMove(socket: HttpSocket): void {
-    if (!this.retiring || socket.destroyed || this.submitted.has(socket)) return;
+    if (!this.retiring || socket.destroyed || this.submitted.has(socket) || this.lastResponse.has(socket)) return;
     if (!this.move || !this.canMove) {
       this.server.closeIdleConnections();
       return;
@@ -151,12 +154,12 @@ export class HttpAdapter {
     move(socket).catch((err: Error & { code?: string }) => {
       this.submitted.delete(socket);
       debug('connection stays: %s', err.message);
-      // Rolled back: it is simply ours again. Still retiring: end keep-alive on it instead.
+      // Rolled back: it is simply ours again. Still retiring: it stays here and ends gracefully,
+      // with `Connection: close` on its next response (never a close under a request on the wire).
       if (!this.retiring || socket.destroyed) return;
+      this.lastResponse.add(socket);
       const res = socket._httpMessage;
       if (res && !res.headersSent) res.shouldKeepAlive = false;
-      else if (!res && this.isIdle(socket, this.idleParsers())) socket.destroy();
-      else this.afterResponse(socket);
     });
   }
 }
