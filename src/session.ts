@@ -88,16 +88,20 @@ export class ControlSession extends EventEmitter<SessionEvents> {
    */
   next<T extends Message['type']>(types: readonly T[], timeoutMs: number, what: string): Promise<Extract<Message, { type: T }>> {
     return new Promise((resolve, reject) => {
+      // The awaited message, or a broken exchange: its fds closed, the session failed.
+      const deliver = (message: Message): void => {
+        if ((types as readonly string[]).includes(message.type)) {
+          resolve(message as Extract<Message, { type: T }>);
+          return;
+        }
+        if ('fds' in message) closeFds(message.fds);
+        const err = new HandoverError('ERR_HANDOVER_PROTOCOL', `expected ${types.join(' or ')} (${what}), got ${message.type}`);
+        this.fail(err);
+        reject(err);
+      };
       const waiting = this.backlog.shift();
       if (waiting) {
-        if ((types as readonly string[]).includes(waiting.type)) {
-          resolve(waiting as Extract<Message, { type: T }>);
-        } else {
-          if ('fds' in waiting) closeFds(waiting.fds);
-          const err = new HandoverError('ERR_HANDOVER_PROTOCOL', `expected ${types.join(' or ')} (${what}), got ${waiting.type}`);
-          this.fail(err);
-          reject(err);
-        }
+        deliver(waiting);
         return;
       }
       if (this.ended) {
@@ -111,14 +115,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
       };
       const onMessage = (message: Message): void => {
         cleanup();
-        if ((types as readonly string[]).includes(message.type)) {
-          resolve(message as Extract<Message, { type: T }>);
-        } else {
-          if ('fds' in message) closeFds(message.fds);
-          const err = new HandoverError('ERR_HANDOVER_PROTOCOL', `expected ${types.join(' or ')} (${what}), got ${message.type}`);
-          this.fail(err);
-          reject(err);
-        }
+        deliver(message);
       };
       const onClose = (error: Error | undefined): void => {
         cleanup();
