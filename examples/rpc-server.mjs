@@ -48,8 +48,6 @@ await upgrader.listen(server, { port, host: values.host }, {
     server.adoptConnection(socket, pending);
   },
 });
-await upgrader.ready();
-console.log(`ready pid=${process.pid} port=${server.address().port}`);
 
 /**
  * moveConnection hands one connection to the successor; true if it moved, false if it stays here.
@@ -140,3 +138,7 @@ upgrader.on('retired', (report) => {
   log(`retired: ${report.moved} connections moved, ${report.closed} closed, ${report.remaining} left`);
   process.exit(0);
 });
+
+// Ready last: whoever reads this line may signal at once, so every handler is in place.
+await upgrader.ready();
+console.log(`ready pid=${process.pid} port=${server.address().port}`);

@@ -241,7 +241,8 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   private onReadiness(status: number, readable: boolean, writable: boolean, disconnect: boolean): void {
     if (this.closed) return;
     if (status < 0) {
-      this.fail(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `control socket poll failed (uv error ${status})`));
+      // POLLERR: the peer is gone. What it sent before going may still be queued: deliver it.
+      this.drainThenEnd();
       return;
     }
     if (writable) this.flush();
@@ -256,8 +257,12 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
         written = this.native.sendmsg(this.fd, chunk.data, chunk.fds);
       } catch (err) {
         const code = isNativeError(err) ? err.code : '';
-        const reason = code === 'EPIPE' || code === 'ECONNRESET' ? 'the peer closed the control channel' : `sendmsg failed: ${(err as Error).message}`;
-        this.fail(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', reason, { cause: err }));
+        if (code === 'EPIPE' || code === 'ECONNRESET') {
+          // The peer closed; its last messages (an acknowledgement, say) may still be unread.
+          this.drainThenEnd();
+          return;
+        }
+        this.fail(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `sendmsg failed: ${(err as Error).message}`, { cause: err }));
         return;
       }
       if (written < 0) break; // EAGAIN: wait for writable.
@@ -283,7 +288,8 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
       } catch (err) {
         const code = isNativeError(err) ? err.code : '';
         if (code === 'ECONNRESET') {
-          this.onEnd();
+          // Linux reports a peer that closed with unread data once, then the queued messages.
+          this.drainThenEnd();
         } else if (code === 'EMSGSIZE') {
           this.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', 'a message on the control socket was larger than a chunk or carried too many fds', { cause: err }));
         } else {
@@ -300,7 +306,32 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
     }
   }
 
+  /**
+   * drainThenEnd reads every message still queued from a peer that is gone, delivering each
+   * (paused or not: nobody will send them again), then ends the channel.
+   */
+  private drainThenEnd(): void {
+    for (;;) {
+      if (this.closed) return;
+      let message;
+      try {
+        message = this.native.recvmsg(this.fd, this.receiveBuffer, this.native.MAX_FDS_PER_MESSAGE);
+      } catch (err) {
+        if (isNativeError(err) && err.code === 'ECONNRESET') continue;
+        if (isNativeError(err) && err.code === 'EMSGSIZE') {
+          this.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', 'a message on the control socket was larger than a chunk or carried too many fds', { cause: err }));
+          return;
+        }
+        break;
+      }
+      if (message === null || (message.bytes === 0 && message.fds.length === 0)) break;
+      this.onChunk(this.receiveBuffer.subarray(0, message.bytes), message.fds);
+    }
+    this.onEnd();
+  }
+
   private onEnd(): void {
+    if (this.closed) return;
     if (this.assembling) {
       this.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', 'the peer closed the control channel in the middle of a frame'));
       return;

@@ -27,8 +27,8 @@ interface InternalSocket extends net.Socket {
   _server?: net.Server | null;
   server?: net.Server;
   _readableState: { length: number; encoding: BufferEncoding | null; ended: boolean };
-  _write: (chunk: Buffer, encoding: BufferEncoding, cb: (err?: Error | null) => void) => void;
-  _writev: (chunks: { chunk: Buffer; encoding: BufferEncoding }[], cb: (err?: Error | null) => void) => void;
+  _write: (chunk: Buffer | string, encoding: BufferEncoding, cb: (err?: Error | null) => void) => void;
+  _writev: (chunks: { chunk: Buffer | string; encoding: BufferEncoding }[], cb: (err?: Error | null) => void) => void;
   _final: (cb: (err?: Error | null) => void) => void;
 }
 
@@ -45,8 +45,9 @@ export interface TransferOptions {
   state?: unknown;
   /**
    * The application will still write on this socket (responses to requests in flight). Writes
-   * after the move are forwarded to the successor in order; call socket.destroy() (or end())
-   * when it will write no more. Default false: the socket is destroyed (a plain close) on ACK.
+   * after the move are forwarded to the successor in order; call socket.end() when it will write
+   * no more (end() delivers what is still queued, then lets go: no FIN reaches the client;
+   * destroy() would drop queued writes). Default false: the socket is destroyed (a plain close) on ACK.
    */
   lateWrites?: boolean;
 }
@@ -314,8 +315,10 @@ export class ConnectionMover {
 
   private interceptWrites(entry: Moving): void {
     const { socket } = entry;
-    socket._write = (chunk, _encoding, cb) => this.write(entry, [chunk], cb);
-    socket._writev = (chunks, cb) => this.write(entry, chunks.map((c) => c.chunk), cb);
+    // Strings reach _write as they were written (decodeStrings is off for sockets).
+    const toBuffer = (chunk: Buffer | string, encoding: BufferEncoding): Buffer => (Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk, encoding));
+    socket._write = (chunk, encoding, cb) => this.write(entry, [toBuffer(chunk, encoding)], cb);
+    socket._writev = (chunks, cb) => this.write(entry, chunks.map((c) => toBuffer(c.chunk, c.encoding)), cb);
     // end() on a moved connection: the successor owns its lifetime now; just let go of it here.
     socket._final = (cb) => {
       cb();
@@ -529,7 +532,19 @@ export interface AdopterHooks {
  */
 export class ConnectionAdopter {
   private readonly adopted = new Map<number, net.Socket>();
+  private readonly batches: Extract<Message, { type: 'CONN' }>[] = [];
+  private adopting = false;
   adoptedCount = 0;
+
+  private nextBatch(): void {
+    const batch = this.batches.shift();
+    if (!batch) {
+      this.adopting = false;
+      return;
+    }
+    this.adopting = true;
+    this.adoptBatch(batch, () => setImmediate(() => this.nextBatch()));
+  }
 
   constructor(
     private readonly session: ControlSession,
@@ -538,7 +553,11 @@ export class ConnectionAdopter {
 
   onMessage(message: Message): boolean {
     if (message.type === 'CONN') {
-      this.adoptBatch(message);
+      // One batch at a time, with a turn of the event loop between: several CONN frames can arrive
+      // in one read, and this process must keep serving while it adopts (and a crash loses at
+      // most the batch being adopted).
+      this.batches.push(message);
+      if (!this.adopting) this.nextBatch();
       return true;
     }
     if (message.type === 'WRITE') {
@@ -558,7 +577,7 @@ export class ConnectionAdopter {
     return false;
   }
 
-  private adoptBatch(message: Extract<Message, { type: 'CONN' }>): void {
+  private adoptBatch(message: Extract<Message, { type: 'CONN' }>, done: () => void): void {
     const acked: number[] = [];
     const refused: { id: number; reason: string }[] = [];
     const started: { socket: net.Socket; entry: ConnEntry; pending: Buffer; unflushed: Buffer; target: NonNullable<ReturnType<AdopterHooks['serverFor']>> }[] = [];
@@ -623,6 +642,9 @@ export class ConnectionAdopter {
         debug('CONN_ACK not sent (%s); giving the connections up', err.message);
         for (const { socket } of started) socket.destroy();
       })
-      .finally(() => setImmediate(() => this.session.channel.resume()));
+      .finally(() => {
+        setImmediate(() => this.session.channel.resume());
+        done();
+      });
   }
 }

@@ -232,6 +232,20 @@ describe('FdChannel limits and garbage', () => {
     assert.match(err.message, /middle of a frame/);
   });
 
+  test('a peer that closes with unread data: its last frames are still delivered, then the end', async () => {
+    const [a, b] = pair();
+    b.pause();
+    // b never reads this: closing b with it unread makes the kernel report ECONNRESET to a.
+    await a.send(Buffer.from('unread'));
+    await b.send(Buffer.from('ACK'));
+    const frames = [];
+    a.on('frame', (frame) => frames.push(frame.payload.toString()));
+    const closed = once(a, 'close');
+    b.close();
+    await closed;
+    assert.deepEqual(frames, ['ACK']);
+  });
+
   test('closing one end is a clean end on the other', async () => {
     const [a, b] = pair();
     const ended = once(b, 'end');
