@@ -1,82 +1,55 @@
 #!/usr/bin/env node
-// `npm start`: the example HTTP server upgraded 5 times under load, with a report anyone can read.
-// Load: 16 keep-alive connections (Node's own http.Agent) and 4 clients opening a new connection
-// per request. Every failed request is counted; the server's pid in each answer shows who served it.
+// `npm start`: the two example servers upgraded 5 times under load, with a report anyone can read.
+//   HTTP (examples/http-server.mjs): 16 keep-alive connections (Node's own http.Agent) and 4 clients
+//   opening a new connection per request.
+//   RPC (examples/rpc-server.mjs, SOFA Bolt): 4 sofa-rpc-node clients, one TCP connection each,
+//   calling echo() and slow(200) without pause, so calls are in flight at every upgrade.
+// Every failed request or call is counted; the pid in each answer shows who served it.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import { createRequire } from 'node:module';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
+const require = createRequire(import.meta.url);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const UPGRADES = 5;
 const base = fs.mkdtempSync(path.join(os.tmpdir(), 'handover-demo-'));
 const pids = new Set();
-const keepAlivePorts = new Set();
-const stats = { requests: 0, keepAlive: 0, fresh: 0, errors: 0, errorKinds: new Map(), servedBy: new Map() };
 let stopping = false;
-
-const server = spawn(process.execPath, [path.join(here, 'http-server.mjs'), '--port', '0', '--host', '127.0.0.1', '--dir', path.join(base, 'ctl')], {
-  stdio: ['ignore', 'pipe', 'pipe'],
-});
-pids.add(server.pid);
-const readyLines = [];
-let onReady;
-readline.createInterface({ input: server.stdout }).on('line', (line) => {
-  const match = /^ready pid=(\d+) port=(\d+)/.exec(line);
-  if (!match) return;
-  pids.add(Number(match[1]));
-  readyLines.push({ pid: Number(match[1]), port: Number(match[2]) });
-  onReady?.();
-});
-const retirements = new Map();
-readline.createInterface({ input: server.stderr }).on('line', (line) => {
-  const match = /^\[http-server (\d+)\] retired: (\d+) closed, (\d+) moved, (\d+) left/.exec(line);
-  if (match) retirements.set(Number(match[1]), { closed: Number(match[2]), moved: Number(match[3]), left: Number(match[4]) });
-});
-
-function nextReady(count) {
-  return new Promise((resolve) => {
-    onReady = () => readyLines.length >= count && resolve(readyLines[count - 1]);
-    onReady();
-  });
-}
-
-function request(port, agent) {
-  return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/', agent }, (res) => {
-      res.resume();
-      if (agent) keepAlivePorts.add(res.socket.localPort);
-      res.on('end', () => {
-        stats.requests++;
-        const pid = res.headers['x-pid'];
-        stats.servedBy.set(pid, (stats.servedBy.get(pid) ?? 0) + 1);
-        if (res.statusCode !== 200) fail(`HTTP ${res.statusCode}`);
-        resolve();
-      });
-    });
-    req.on('error', (err) => {
-      fail(err.code ?? err.message);
-      resolve();
-    });
-  });
-}
-
-function fail(kind) {
-  stats.errors++;
-  stats.errorKinds.set(kind, (stats.errorKinds.get(kind) ?? 0) + 1);
-}
-
-async function loop(port, agent, counter) {
-  while (!stopping) {
-    await request(port, agent);
-    stats[counter]++;
-  }
-}
-
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Starts an example server and follows its generations (ready lines) and retirements (stderr). */
+function startExample(name) {
+  const child = spawn(process.execPath, [path.join(here, `${name}.mjs`), '--port', '0', '--host', '127.0.0.1', '--dir', path.join(base, name)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  pids.add(child.pid);
+  const example = { generations: [], retirements: new Map(), waiters: [] };
+  readline.createInterface({ input: child.stdout }).on('line', (line) => {
+    const match = /^ready pid=(\d+) port=(\d+)/.exec(line);
+    if (!match) return;
+    pids.add(Number(match[1]));
+    example.generations.push({ pid: Number(match[1]), port: Number(match[2]) });
+    for (const waiter of example.waiters.splice(0)) waiter();
+  });
+  readline.createInterface({ input: child.stderr }).on('line', (line) => {
+    const moved = /^\[\S+ (\d+)\] retired: .*?(\d+) (?:keep-alive )?connections? moved|^\[\S+ (\d+)\] retired: (\d+) closed, (\d+) moved/.exec(line);
+    if (!moved) return;
+    const pid = Number(moved[1] ?? moved[3]);
+    const count = Number(moved[2] ?? moved[5]);
+    example.retirements.set(pid, count);
+    for (const waiter of example.waiters.splice(0)) waiter();
+  });
+  example.until = async (condition) => {
+    while (!condition()) await new Promise((resolve) => example.waiters.push(resolve));
+  };
+  return example;
+}
+
 const cleanup = () => {
   for (const pid of pids) {
     try {
@@ -90,38 +63,112 @@ const cleanup = () => {
 process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
 
-const first = await nextReady(1);
-console.log(`handover demo: example HTTP server pid ${first.pid} on 127.0.0.1:${first.port}`);
-console.log('load: 16 keep-alive connections + 4 clients with a new connection per request\n');
+// ---- HTTP load ----
+const httpStats = { requests: 0, keepAlive: 0, fresh: 0, failed: 0, kinds: new Map() };
+const keepAlivePorts = new Set();
+function httpRequest(port, agent) {
+  return new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', agent }, (res) => {
+      res.resume();
+      if (agent) keepAlivePorts.add(res.socket.localPort);
+      res.on('end', () => {
+        httpStats.requests++;
+        if (res.statusCode !== 200) httpFail(`HTTP ${res.statusCode}`);
+        resolve();
+      });
+    });
+    req.on('error', (err) => {
+      httpFail(err.code ?? err.message);
+      resolve();
+    });
+  });
+}
+function httpFail(kind) {
+  httpStats.failed++;
+  httpStats.kinds.set(kind, (httpStats.kinds.get(kind) ?? 0) + 1);
+}
+async function httpLoop(port, agent, counter) {
+  while (!stopping) {
+    await httpRequest(port, agent);
+    httpStats[counter]++;
+  }
+}
+
+// ---- RPC load: the real sofa-rpc-node client ----
+const rpcStats = { calls: 0, slow: 0, failed: 0, kinds: new Map() };
+async function rpcClient(port) {
+  const { RpcClient } = require('sofa-rpc-node').client;
+  const quiet = () => undefined;
+  const client = new RpcClient({ logger: { info: quiet, debug: quiet, warn: quiet, error: quiet } });
+  const consumer = client.createConsumer({ interfaceName: 'com.example.Echo', serverHost: `127.0.0.1:${port}`, responseTimeout: 5000, retryFaultInterval: 200 });
+  await consumer.ready();
+  const [connection] = client.connectionManager.connections.values();
+  return { client, consumer, localPort: connection._socket.localPort, connection };
+}
+async function rpcCall(consumer, method, args, expected) {
+  rpcStats.calls++;
+  try {
+    const value = await consumer.invoke(method, args);
+    if (value !== expected) throw new Error(`wrong answer ${value}`);
+  } catch (err) {
+    rpcStats.failed++;
+    rpcStats.kinds.set(err.name, (rpcStats.kinds.get(err.name) ?? 0) + 1);
+  }
+}
+async function rpcLoop(consumer, method) {
+  for (let i = 0; !stopping; i++) {
+    if (method === 'slow') {
+      rpcStats.slow++;
+      await rpcCall(consumer, 'slow', [200], 200);
+    } else await rpcCall(consumer, 'echo', [`hello ${i}`], `hello ${i}`);
+  }
+}
+
+const web = startExample('http-server');
+const rpc = startExample('rpc-server');
+await web.until(() => web.generations.length >= 1);
+await rpc.until(() => rpc.generations.length >= 1);
+const webPort = web.generations[0].port;
+const rpcPort = rpc.generations[0].port;
+console.log(`handover demo: HTTP server pid ${web.generations[0].pid} on 127.0.0.1:${webPort}, Bolt RPC server pid ${rpc.generations[0].pid} on 127.0.0.1:${rpcPort}`);
+console.log('load: HTTP 16 keep-alive connections + 4 clients opening a new connection per request;');
+console.log('      RPC 4 sofa-rpc-node clients (one connection each) calling echo() and slow(200)\n');
+
 const keepAliveAgent = new http.Agent({ keepAlive: true, maxSockets: 16 });
 const loops = [];
-for (let i = 0; i < 16; i++) loops.push(loop(first.port, keepAliveAgent, 'keepAlive'));
-for (let i = 0; i < 4; i++) loops.push(loop(first.port, false, 'fresh'));
+for (let i = 0; i < 16; i++) loops.push(httpLoop(webPort, keepAliveAgent, 'keepAlive'));
+for (let i = 0; i < 4; i++) loops.push(httpLoop(webPort, false, 'fresh'));
+const rpcClients = await Promise.all([0, 1, 2, 3].map(() => rpcClient(rpcPort)));
+for (const { consumer } of rpcClients) loops.push(rpcLoop(consumer, 'echo'), rpcLoop(consumer, 'slow'), rpcLoop(consumer, 'slow'));
 await sleep(1000);
 
-let current = first.pid;
 for (let i = 1; i <= UPGRADES; i++) {
   const started = Date.now();
-  process.kill(current, 'SIGHUP');
-  const next = await nextReady(i + 1);
-  while (!retirements.has(current)) await sleep(10);
-  const retired = retirements.get(current);
+  const from = { web: web.generations.at(-1).pid, rpc: rpc.generations.at(-1).pid };
+  process.kill(from.web, 'SIGHUP');
+  process.kill(from.rpc, 'SIGHUP');
+  await web.until(() => web.retirements.has(from.web));
+  await rpc.until(() => rpc.retirements.has(from.rpc));
   console.log(
-    `upgrade ${i}/${UPGRADES}: pid ${current} -> ${next.pid} in ${Date.now() - started} ms; ` +
-      `${retired.moved} keep-alive connections moved, ${retired.closed} closed; ` +
-      `${stats.requests} requests so far, ${stats.errors} failed`,
+    `upgrade ${i}/${UPGRADES} (${Date.now() - started} ms): ` +
+      `HTTP pid ${from.web} -> ${web.generations.at(-1).pid}, ${web.retirements.get(from.web)} connections moved; ` +
+      `RPC pid ${from.rpc} -> ${rpc.generations.at(-1).pid}, ${rpc.retirements.get(from.rpc)} connections moved; ` +
+      `${httpStats.requests + rpcStats.calls} requests and calls so far, ${httpStats.failed + rpcStats.failed} failed`,
   );
-  current = next.pid;
   await sleep(1000);
 }
 stopping = true;
 await Promise.all(loops);
 keepAliveAgent.destroy();
+const rpcPortsKept = rpcClients.filter(({ connection, localPort }) => connection._socket.localPort === localPort && !connection._socket.destroyed).length;
+const lastRpcPid = await rpcClients[0].consumer.invoke('pid', []);
 
+const kinds = (map) => (map.size ? ` (${[...map].map(([k, n]) => `${k}: ${n}`).join(', ')})` : '');
 console.log('\nreport');
-console.log(`  requests:  ${stats.requests} (${stats.keepAlive} on keep-alive connections, ${stats.fresh} on new connections)`);
-console.log(`  failed:    ${stats.errors}${stats.errors ? ` (${[...stats.errorKinds].map(([k, n]) => `${k}: ${n}`).join(', ')})` : ''}`);
-console.log(`  upgrades:  ${UPGRADES}`);
-console.log(`  served by: ${[...stats.servedBy].map(([pid, n]) => `pid ${pid}: ${n}`).join(', ')}`);
-console.log(`  keep-alive connections opened by the client: ${keepAlivePorts.size} (16 means not one was dropped and reopened)`);
-process.exit(stats.errors === 0 ? 0 : 1);
+console.log(`  upgrades:          ${UPGRADES} of each server`);
+console.log(`  HTTP requests:     ${httpStats.requests} (${httpStats.keepAlive} keep-alive, ${httpStats.fresh} on new connections), failed: ${httpStats.failed}${kinds(httpStats.kinds)}`);
+console.log(`  keep-alive:        the client opened ${keepAlivePorts.size} connections in all (16 means not one was dropped and reopened)`);
+console.log(`  RPC calls:         ${rpcStats.calls} (${rpcStats.slow} slow ones, in flight across upgrades), failed: ${rpcStats.failed}${kinds(rpcStats.kinds)}`);
+console.log(`  RPC connections:   ${rpcPortsKept} of 4 are the very same TCP connections as at the start; pid() now answers ${lastRpcPid}`);
+for (const { client } of rpcClients) client.close();
+process.exit(httpStats.failed + rpcStats.failed === 0 ? 0 : 1);
