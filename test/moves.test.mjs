@@ -140,6 +140,27 @@ describe('moving connections', () => {
     assert.equal(group.lines.filter((l) => l.startsWith('error')).length, 0, group.lines.join('\n'));
   });
 
+  test('bytes the old process never read (in its kernel receive buffer) move with the fd', { timeout: 30_000 }, async () => {
+    const dir = setup();
+    group.start([path.join(fixtures, 'frame-server.mjs')], { env: { HANDOVER_DIR: dir, PAUSE_AT: '10' } });
+    const [, firstPid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
+    const client = new FrameClient(Number(port));
+    await client.ready();
+    client.socket.write(client.frames(10));
+    await client.allAcked();
+    // The server reads no more: of these 1.3 MB, Node reads at most one chunk (64 KiB) past its
+    // 16 KiB high-water mark; the rest stays in the kernel's buffers of the connection.
+    client.socket.write(client.frames(20_000));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(client.acked, 10, 'the old process decodes nothing more');
+    const next = await upgrade(Number(firstPid));
+    await client.allAcked();
+    assert.equal(client.acked, 20_010);
+    assert.equal(client.lastPid, next, 'the successor decoded what the old process had left in the kernel');
+    assert.deepEqual(client.errors, []);
+    client.socket.destroy();
+  });
+
   test('a connection the successor refuses stays with the predecessor, which serves it on', { timeout: 30_000 }, async () => {
     const dir = setup();
     group.start([path.join(fixtures, 'frame-server.mjs')], { env: { HANDOVER_DIR: dir, SECOND: '1', SKIP_SECOND: '1' } });
