@@ -48,7 +48,11 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     channel.on('close', () => {
       if (this.ended) return;
       this.failure ??= channel.error;
-      for (const message of this.backlog.splice(0)) if ('fds' in message) closeFds(message.fds);
+      // Messages with fds nobody took are closed; the others (a REFUSED, say) stay readable by next().
+      for (const message of this.backlog.splice(0)) {
+        if ('fds' in message) closeFds(message.fds);
+        else this.backlog.push(message);
+      }
       this.ended = true;
       debug('%s closed%s', this.label, this.failure ? `: ${this.failure.message}` : '');
       this.emit('close', this.failure);

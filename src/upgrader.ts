@@ -168,7 +168,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   private readonly connectionWaiters = new Set<() => void>();
   private closedWhileWaiting = 0;
   private movedWhileWaiting = 0;
-  private predecessor: { session: ControlSession; pid: number } | undefined;
+  private predecessor: { session: ControlSession; pid: number; peerPid: number } | undefined;
   private successor: SuccessorLink | undefined;
   private pendingUpgrade: PendingUpgrade | undefined;
   private control: OwnedControlSocket | undefined;
@@ -277,7 +277,8 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       }
       this.inherited.set(entry.key, { key: entry.key, kind: entry.kind, fd, info });
     }
-    this.predecessor = { session, pid: reply.pid };
+    // peerPid is the pid as this process's namespace sees it (0 when the predecessor runs in another one).
+    this.predecessor = { session, pid: reply.pid, peerPid: peer.pid };
     session.on('close', (error) => this.onPredecessorClosed(error));
     debug('inherited %d listeners from pid %d', this.inherited.size, reply.pid);
   }
@@ -413,17 +414,21 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       throw new HandoverError('ERR_HANDOVER_INVALID_STATE', `ready() is not possible while ${this.stateValue}`);
     }
     const predecessor = this.predecessor;
-    if (predecessor && !predecessor.session.isClosed) {
-      await predecessor.session.send({ type: 'READY', pid: process.pid });
+    if (predecessor) {
       let reply;
       try {
+        if (!predecessor.session.isClosed) await predecessor.session.send({ type: 'READY', pid: process.pid });
         reply = await predecessor.session.next(['READY_ACK', 'REFUSED'], this.readyTimeout, 'the predecessor to stop accepting');
       } catch (err) {
         if (!isHandoverError(err, 'ERR_HANDOVER_CHANNEL_CLOSED')) {
           predecessor.session.close();
           throw err;
         }
-        // The predecessor died after handing over its listeners: we are on our own.
+        // The channel closed without an answer. Serving alone is right only if the predecessor
+        // is really gone: a live one (that dropped us) still serves, and two generations must not.
+        if (predecessor.peerPid <= 0 || processAlive(predecessor.peerPid)) {
+          throw new HandoverError('ERR_UPGRADE_REFUSED', `the predecessor (pid ${predecessor.pid}) closed the control channel before acknowledging READY; it still serves`);
+        }
         debug('predecessor gone before READY_ACK; serving alone');
         reply = undefined;
       }
@@ -440,7 +445,9 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     if (unclaimed.length > 0) debug('closing %d unclaimed listeners: %s', unclaimed.length, unclaimed.map((l) => l.key).join(', '));
     closeFds(unclaimed.map((l) => l.fd));
     this.setState('serving');
-    if (predecessor && !predecessor.session.isClosed) {
+    if (predecessor && predecessor.session.isClosed) {
+      this.predecessor = undefined;
+    } else if (predecessor) {
       this.adopter = new ConnectionAdopter(predecessor.session, {
         serverFor: (key) => {
           const entry = this.servers.get(key);
@@ -477,9 +484,11 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   private onPredecessorClosed(error: Error | undefined): void {
     const predecessor = this.predecessor;
     if (!predecessor) return;
+    // Still starting: ready() reads why the channel closed (a REFUSED, or a dead predecessor).
+    if (this.stateValue === 'starting') return;
     this.predecessor = undefined;
     if (error) this.warn(error instanceof HandoverError ? error : new HandoverError('ERR_HANDOVER_PROTOCOL', error.message, { cause: error }));
-    if (this.stateValue !== 'starting') this.emit('predecessorRetired', { pid: predecessor.pid, clean: false });
+    this.emit('predecessorRetired', { pid: predecessor.pid, clean: false });
   }
 
   /** upgrade starts a successor and resolves with its pid once it is ready (this process then retires). */
@@ -604,10 +613,25 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
           session.close();
           return;
         }
-        const listeners = [...this.servers.values()].map((entry) => ({ key: entry.key, kind: entry.kind }));
-        // Dups travel; the servers' own fds stay untouched whatever happens to the message.
+        // Dups travel; the servers' own fds stay untouched whatever happens to the message. A
+        // server the application closed since is not offered.
         const native = binding();
-        const fds = [...this.servers.values()].map((entry) => native.dup(serverFd(entry.server)));
+        const listeners: { key: string; kind: ListenerKind }[] = [];
+        const fds: number[] = [];
+        try {
+          for (const entry of this.servers.values()) {
+            if (!entry.server.listening) continue;
+            fds.push(native.dup(serverFd(entry.server)));
+            listeners.push({ key: entry.key, kind: entry.kind });
+          }
+        } catch (err) {
+          closeFds(fds);
+          const reason = `cannot duplicate a listening socket: ${(err as Error).message}`;
+          void session.send({ type: 'REFUSED', code: 'ERR_UPGRADE_REFUSED', reason }).catch(() => undefined);
+          session.close();
+          this.warn(new HandoverError('ERR_UPGRADE_REFUSED', `refused a successor (pid ${link.pid}): ${reason}`, { cause: err }));
+          return;
+        }
         session.send({ type: 'LISTENERS', pid: process.pid, listeners, fds }, { closeFdsAfterSend: true }).catch((err: Error) => {
           debug('sending listeners failed: %s', err.message);
         });
@@ -662,7 +686,9 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     }
     debug('successor pid %d is ready; retiring', link.pid);
     this.emit('retiring', { successorPid: link.pid });
-    void this.retire(link);
+    this.retire(link).catch((err: Error) => {
+      this.warn(new HandoverError('ERR_HANDOVER_INVALID_STATE', `retiring failed: ${err.message}`, { cause: err }));
+    });
   }
 
   private onSuccessorClosed(link: SuccessorLink, error: Error | undefined): void {
@@ -705,10 +731,15 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     }
     for (const entry of this.servers.values()) entry.http?.resume();
     const previous = this.control;
-    this.control = takeOverControlSocket(this.dir);
-    this.control.listener.on('channel', (channel) => this.onSuccessorChannel(channel));
-    previous?.listener.close();
-    writePidFile(this.dir);
+    try {
+      this.control = takeOverControlSocket(this.dir);
+      this.control.listener.on('channel', (channel) => this.onSuccessorChannel(channel));
+      previous?.listener.close();
+      writePidFile(this.dir);
+    } catch (err) {
+      // Serving again matters more than being reachable for the next upgrade.
+      this.warn(new HandoverError('ERR_HANDOVER_DIR_UNSAFE', `rollback: cannot take back ${this.dir}: ${(err as Error).message}`, { cause: err }));
+    }
     this.setState('serving');
     this.notifyConnections();
     this.emit('rollback', { successorPid: link.pid, reason });
@@ -790,6 +821,16 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   private warn(err: HandoverError): void {
     debug('warning: %s', err.message);
     this.emit('warning', err);
+  }
+}
+
+/** processAlive tells whether a pid still names a live process (ESRCH: gone; EPERM: alive, not ours). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -54,9 +54,11 @@ test('https keep-alive: the response in flight says Connection: close, the next 
   agent.destroy();
 });
 
-test('HTTP/2: the session gets GOAWAY, its stream in flight completes, a new session reaches the new process', { timeout: 30_000 }, async () => {
-  const server = await start('http2');
-  const session = http2.connect(`https://127.0.0.1:${server.port}`, { rejectUnauthorized: false });
+for (const kind of ['http2', 'h2c']) {
+test(`${kind}: the session gets GOAWAY, its stream in flight completes, a new session reaches the new process`, { timeout: 30_000 }, async () => {
+  const server = await start(kind);
+  const origin = `${kind === 'h2c' ? 'http' : 'https'}://127.0.0.1:${server.port}`;
+  const session = http2.connect(origin, { rejectUnauthorized: false });
   session.on('error', () => undefined);
   let goaway = false;
   session.on('goaway', () => (goaway = true));
@@ -81,8 +83,9 @@ test('HTTP/2: the session gets GOAWAY, its stream in flight completes, a new ses
   assert.equal(inFlight.pid, server.pid);
   await group.waitForLine(/^retired closed=1 moved=0 remaining=0/, { since });
   assert.equal(goaway, true, 'the client was told to go away');
-  const fresh = http2.connect(`https://127.0.0.1:${server.port}`, { rejectUnauthorized: false });
+  const fresh = http2.connect(origin, { rejectUnauthorized: false });
   assert.equal((await request(fresh, '/')).pid, Number(next));
   fresh.close();
   session.destroy();
 });
+}

@@ -109,6 +109,20 @@ describe('lifecycle', () => {
     });
   }
 
+  test('a successor the predecessor gave up on (readyTimeout) never serves beside it', async () => {
+    const { dir, env, modeFile } = setup();
+    const first = await startFirst({ ...env, PORT: '0', READY_TIMEOUT: '1000' });
+    fs.writeFileSync(modeFile, 'slow-ready');
+    // An external successor, slow to start: the predecessor drops it after 1 s, before its READY.
+    const late = group.start([serverScript], { env: { ...env, PORT: '0' } });
+    await group.waitForLine(/^ready-failed code=ERR_UPGRADE_REFUSED/);
+    assert.deepEqual(await late.exited, { code: 1, signal: null });
+    assert.equal(readPid(dir), first.pid);
+    assert.equal((await get(first.port)).headers['x-pid'], String(first.pid));
+    fs.writeFileSync(modeFile, 'normal');
+    assert.match(await upgradeOnce(first.pid), /upgraded pid=\d+/);
+  });
+
   test('a successor that dies after READY: the predecessor accepts again and owns the directory', async () => {
     const { dir, env, modeFile } = setup();
     const first = await startFirst({ ...env, PORT: '0' });

@@ -101,7 +101,7 @@ export class HttpAdapter {
       if (!res.headersSent) res.shouldKeepAlive = false;
       else this.afterResponse(socket);
     }
-    this.server.closeIdleConnections();
+    this.closeIdle();
   }
 
   /** resume (after a rollback): keep-alive as usual. */
@@ -117,6 +117,12 @@ export class HttpAdapter {
       // As Node itself does after a response (HTTP_SERVER_KEEP_ALIVE_TIMEOUT_BUFFER).
       socket.setTimeout(this.server.keepAliveTimeout + KEEP_ALIVE_TIMEOUT_BUFFER);
     }
+  }
+
+  /** closeIdle: closeIdleConnections where the server has it (h2c's Http2Server does not). */
+  private closeIdle(): void {
+    const server = this.server as Partial<http.Server>;
+    if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
   }
 
   private idleParsers(): Set<object> {
@@ -140,7 +146,7 @@ export class HttpAdapter {
   private tryMove(socket: HttpSocket): void {
     if (!this.retiring || socket.destroyed || this.submitted.has(socket) || this.lastResponse.has(socket)) return;
     if (!this.move || !this.canMove) {
-      this.server.closeIdleConnections();
+      this.closeIdle();
       return;
     }
     if (this.isIdle(socket, this.idleParsers())) this.transfer(socket);
