@@ -242,6 +242,32 @@ describe('moving HTTP keep-alive connections', () => {
     active.destroy();
   });
 
+  test('an adopted idle connection gets no 408 even when the headers timeout is shorter than keep-alive', { timeout: 30_000 }, async () => {
+    const dir = setup();
+    const env = { HANDOVER_DIR: dir, KEEPALIVE_TIMEOUT: '5000', HEADERS_TIMEOUT: '600', REQUEST_TIMEOUT: '800', CONNECTIONS_CHECKING_INTERVAL: '100' };
+    group.start([path.join(fixtures, 'server.mjs')], { env });
+    const [, firstPid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
+    const socket = net.connect(Number(port), '127.0.0.1');
+    await new Promise((resolve) => socket.once('connect', resolve));
+    assert.equal((await rawRequest(socket)).pid, Number(firstPid));
+    let bytes = '';
+    const onData = (chunk) => (bytes += chunk);
+    socket.on('data', onData);
+    let closed = false;
+    socket.once('close', () => (closed = true));
+    const since = group.lines.length;
+    process.kill(Number(firstPid), 'SIGHUP');
+    const [, next] = await group.waitForLine(/^ready pid=(\d+)/, { since });
+    await group.waitForLine(/^retired closed=0 moved=1 remaining=0/, { since });
+    // Three times the headers timeout, idle, on the successor.
+    await new Promise((resolve) => setTimeout(resolve, 1800));
+    assert.equal(bytes, '', 'no 408 on an idle keep-alive connection');
+    assert.equal(closed, false);
+    socket.removeListener('data', onData);
+    assert.equal((await rawRequest(socket)).pid, Number(next));
+    socket.destroy();
+  });
+
   test('a connection with a request in flight moves right after its response', { timeout: 30_000 }, async () => {
     const dir = setup();
     group.start([path.join(fixtures, 'server.mjs')], { env: { HANDOVER_DIR: dir } });

@@ -16,6 +16,7 @@ interface HttpSocket extends net.Socket {
 
 interface ConnectionsList {
   idle(): { socket?: net.Socket }[];
+  expired(headersTimeout: number, requestTimeout: number): { socket?: net.Socket }[];
 }
 
 /** The server's internal list of HTTP parsers (Node >= 18.2), which knows which are between messages. */
@@ -50,7 +51,16 @@ export class HttpAdapter {
 
   constructor(server: http.Server, options: { tls: boolean; http2: boolean }) {
     this.server = server;
-    this.canMove = !options.tls && !options.http2 && connectionsList(server) !== undefined;
+    const list = connectionsList(server);
+    this.canMove = !options.tls && !options.http2 && list !== undefined;
+    if (list && typeof list.expired === 'function') {
+      // An adopted socket's parser starts as if a request had just begun (the C++ list stamps it
+      // at initialize), so Node's periodic check would answer 408 to a client that simply stayed
+      // idle. The check removes expired parsers from its active list; for adopted idle sockets we
+      // let that happen silently: their next request puts them back, with fresh timers.
+      const expired = list.expired.bind(list);
+      list.expired = (headersTimeout, requestTimeout) => expired(headersTimeout, requestTimeout).filter((parser) => !(parser.socket && this.adoptedIdle.has(parser.socket)));
+    }
     // For TLS the HTTP state lives on the TLSSocket, not on the TCP socket under it.
     server.on(options.tls ? 'secureConnection' : 'connection', (socket: HttpSocket) => {
       this.sockets.add(socket);
@@ -112,8 +122,8 @@ export class HttpAdapter {
 
   /** afterAdopt: an adopted connection is idle keep-alive; give it the keep-alive timeout, not the headers timeout. */
   afterAdopt(socket: net.Socket): void {
+    this.adoptedIdle.add(socket);
     if (this.server.keepAliveTimeout > 0) {
-      this.adoptedIdle.add(socket);
       // As Node itself does after a response (HTTP_SERVER_KEEP_ALIVE_TIMEOUT_BUFFER).
       socket.setTimeout(this.server.keepAliveTimeout + KEEP_ALIVE_TIMEOUT_BUFFER);
     }
