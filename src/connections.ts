@@ -128,11 +128,14 @@ function writesFlushed(socket: InternalSocket): boolean {
   return socket.writableLength === 0 && (socket._handle?.writeQueueSize ?? 0) === 0;
 }
 
-function waitWritesFlushed(socket: InternalSocket): Promise<void> {
+function waitWritesFlushed(socket: InternalSocket, cancelled: () => boolean): Promise<void> {
   if (writesFlushed(socket)) return Promise.resolve();
   return new Promise((resolve, reject) => {
     const check = (): void => {
-      if (socket.destroyed) {
+      if (cancelled()) {
+        cleanup();
+        resolve();
+      } else if (socket.destroyed) {
         cleanup();
         reject(new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the socket was destroyed while its writes were flushing'));
       } else if (writesFlushed(socket)) {
@@ -179,6 +182,8 @@ interface Moving {
   carried: Buffer[];
   carriedBytes: number;
   held: HeldWrite[];
+  /** end() was called during the move: its callback waits for the answer. */
+  finalCb?: (err?: Error | null) => void;
   writeSeq: number;
   resolve: () => void;
   reject: (err: Error) => void;
@@ -214,6 +219,9 @@ export class ConnectionMover {
   private flushScheduled = false;
   private batchesInFlight = 0;
   private closed = false;
+  private settling = false;
+  private readonly flushing = new Set<Moving>();
+  private settled: (() => void) | undefined;
   private readonly claimed = new WeakSet<net.Socket>();
 
   constructor(
@@ -238,6 +246,7 @@ export class ConnectionMover {
   private decide(socketArg: net.Socket, options: TransferOptions): Promise<void> {
     if (!(socketArg instanceof net.Socket)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'transferConnection() needs a net.Socket');
     const socket = socketArg as InternalSocket;
+    if (this.settling) throw new HandoverError('ERR_HANDOVER_INVALID_STATE', 'retiring is over: the connection stays here');
     if (this.closed) throw new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; the connection stays here');
     if (this.claimed.has(socket)) throw new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the connection is already being moved');
     if (socket.destroyed || !socket._handle || typeof socket._handle.fd !== 'number' || socket._handle.fd < 0) {
@@ -290,7 +299,7 @@ export class ConnectionMover {
       entry.reject = reject;
     });
     const enqueue = (): void => {
-      if (this.closed) {
+      if (this.closed || this.settling) {
         this.giveBack(entry, new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; the connection stays here'));
         return;
       }
@@ -303,12 +312,21 @@ export class ConnectionMover {
     // The usual case (nothing unwritten) stays synchronous: no turn of the loop per connection.
     if (writesFlushed(socket)) enqueue();
     else {
-      waitWritesFlushed(socket).then(enqueue, (err: Error) => {
-        this.restoreWrites(entry);
-        entry.thaw();
-        this.claimed.delete(socket);
-        entry.reject(err);
-      });
+      // A client that does not read can keep this wait going: close() and settle() end it.
+      this.flushing.add(entry);
+      waitWritesFlushed(socket, () => !this.flushing.has(entry)).then(
+        () => {
+          if (!this.flushing.delete(entry)) return; // handed back meanwhile
+          enqueue();
+        },
+        (err: Error) => {
+          this.flushing.delete(entry);
+          this.restoreWrites(entry);
+          entry.thaw();
+          this.claimed.delete(socket);
+          entry.reject(err);
+        },
+      );
     }
     return promise;
   }
@@ -320,9 +338,15 @@ export class ConnectionMover {
     socket._write = (chunk, encoding, cb) => this.write(entry, [toBuffer(chunk, encoding)], cb);
     socket._writev = (chunks, cb) => this.write(entry, chunks.map((c) => toBuffer(c.chunk, c.encoding)), cb);
     // end() on a moved connection: the successor owns its lifetime now; just let go of it here.
+    // During the move, wait for the answer: on a refusal the connection stays, and its end()
+    // must then really end it (a FIN), as the application asked.
     socket._final = (cb) => {
-      cb();
-      if (entry.phase === 'acked') setImmediate(() => socket.destroy());
+      if (entry.phase === 'acked') {
+        cb();
+        setImmediate(() => socket.destroy());
+      } else {
+        entry.finalCb = cb;
+      }
     };
   }
 
@@ -352,15 +376,22 @@ export class ConnectionMover {
       cb(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; this late write is lost'));
       return;
     }
-    const seq = ++entry.writeSeq;
-    const ackKey = `${entry.id}:${seq}`;
-    this.pendingWriteAcks.set(ackKey, cb);
     const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-    this.session.send({ type: 'WRITE', id: entry.id, seq, data }).catch((err: Error) => {
-      const pendingCb = this.pendingWriteAcks.get(ackKey);
-      this.pendingWriteAcks.delete(ackKey);
-      pendingCb?.(err);
-    });
+    // A write larger than a frame travels as several WRITE frames; its callback waits for the last.
+    const maxBody = Math.floor(this.session.channel.maxFrameSize / 2);
+    for (let offset = 0; offset < data.length || offset === 0; offset += maxBody) {
+      const piece = data.subarray(offset, offset + maxBody);
+      const last = offset + maxBody >= data.length;
+      const seq = ++entry.writeSeq;
+      const ackKey = `${entry.id}:${seq}`;
+      if (last) this.pendingWriteAcks.set(ackKey, cb);
+      this.session.send({ type: 'WRITE', id: entry.id, seq, data: piece }).catch((err: Error) => {
+        const pendingCb = this.pendingWriteAcks.get(ackKey);
+        this.pendingWriteAcks.delete(ackKey);
+        pendingCb?.(err);
+      });
+      if (last) break;
+    }
   }
 
   private scheduleFlush(): void {
@@ -379,18 +410,33 @@ export class ConnectionMover {
    * limit, so 10,000 connections never need 10,000 extra fds at once.
    */
   private flush(): void {
+    // Room for the bytes of one frame, leaving the JSON header its share.
+    const maxBody = Math.floor(this.session.channel.maxFrameSize / 2);
     while (this.queue.length > 0 && !this.closed && this.batchesInFlight < WINDOW) {
       const native = binding();
       const batch: Moving[] = [];
-      for (const entry of this.queue.splice(0, BATCH)) {
+      let bodyBytes = 0;
+      while (this.queue.length > 0 && batch.length < BATCH) {
+        const entry = this.queue[0]!;
+        const bytes = entry.pending.length + entry.carriedBytes;
+        if (bytes > maxBody) {
+          this.queue.shift();
+          this.moving.delete(entry.id);
+          this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the connection's pending and unflushed bytes (${bytes}) exceed what one frame carries (${maxBody})`));
+          continue;
+        }
+        if (batch.length > 0 && bodyBytes + bytes > maxBody) break;
+        this.queue.shift();
         try {
           // A dup travels: the socket's own fd may be closed by the application meanwhile.
           entry.fd = native.dup(entry.socket._handle!.fd);
-          batch.push(entry);
         } catch (err) {
           this.moving.delete(entry.id);
           this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `cannot duplicate the connection's fd: ${(err as Error).message}`, { cause: err }));
+          continue;
         }
+        batch.push(entry);
+        bodyBytes += bytes;
       }
       if (batch.length === 0) continue;
       const parts: Buffer[] = [];
@@ -405,8 +451,15 @@ export class ConnectionMover {
       debug('CONN with %d connections', batch.length);
       this.batchesInFlight++;
       // The dups are the channel's now: closed once in the kernel, whatever happens.
-      this.session.send({ type: 'CONN', conns, body: Buffer.concat(parts), fds }, { closeFdsAfterSend: true }).catch(() => {
-        // The session closed: close() gives every unacknowledged connection back.
+      this.session.send({ type: 'CONN', conns, body: Buffer.concat(parts), fds }, { closeFdsAfterSend: true }).catch((err: Error) => {
+        if (this.closed || this.session.isClosed) return; // close() gives every unacknowledged connection back
+        // Refused by the channel itself (too large): these connections never left.
+        this.batchesInFlight--;
+        for (const entry of batch) {
+          if (!this.moving.delete(entry.id)) continue;
+          this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the connection could not be sent: ${err.message}`, { cause: err }));
+        }
+        this.flush();
       });
     }
   }
@@ -418,6 +471,7 @@ export class ConnectionMover {
       for (const id of message.acked) this.onAck(id);
       for (const { id, reason } of message.refused) this.onNack(id, reason);
       this.flush();
+      this.settled?.();
       return true;
     }
     if (message.type === 'WRITE_ACK') {
@@ -440,6 +494,12 @@ export class ConnectionMover {
     entry.phase = 'acked';
     entry.carried = [];
     const { socket } = entry;
+    if (entry.finalCb) {
+      const finalCb = entry.finalCb;
+      delete entry.finalCb;
+      finalCb();
+      setImmediate(() => socket.destroy());
+    }
     this.hooks.moved(socket);
     // Close only this process's copy of the fd: nothing goes on the wire, the successor holds
     // the connection. Never end(), shutdown() or a reset.
@@ -488,10 +548,44 @@ export class ConnectionMover {
   /** giveBack: the connection stays here, exactly as it was (buffered bytes first, writes out). */
   private giveBack(entry: Moving, err: HandoverError): void {
     this.giveBackWrites(entry);
+    if (entry.finalCb) {
+      // The application ended the connection during the move: end it for real now.
+      const finalCb = entry.finalCb;
+      delete entry.finalCb;
+      net.Socket.prototype._final.call(entry.socket, finalCb);
+    }
     entry.thaw();
     this.claimed.delete(entry.socket);
     debug('connection %d stays: %s', entry.id, err.message);
     entry.reject(err);
+  }
+
+  /**
+   * settle stops new moves and waits (at most timeoutMs) until every connection already sent has
+   * its answer: handing back a connection the successor may have adopted would give it two readers.
+   */
+  settle(timeoutMs: number): Promise<void> {
+    this.settling = true;
+    this.giveBackFlushing(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'retiring ended before the connection could move; it stays here'));
+    for (const entry of this.queue.splice(0)) {
+      this.moving.delete(entry.id);
+      this.giveBack(entry, new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'retiring ended before the connection could move; it stays here'));
+    }
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (this.closed || this.moving.size === 0) {
+          clearTimeout(timer);
+          this.settled = undefined;
+          resolve();
+        }
+      };
+      const timer = setTimeout(() => {
+        this.settled = undefined;
+        resolve();
+      }, timeoutMs);
+      this.settled = check;
+      check();
+    });
   }
 
   /** close: the session ended. Unacknowledged connections stay here; late writes fail. */
@@ -499,6 +593,7 @@ export class ConnectionMover {
     if (this.closed) return;
     this.closed = true;
     const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor went away before acknowledging the connection; it stays here');
+    this.giveBackFlushing(err);
     this.queue.splice(0);
     for (const entry of [...this.moving.values()]) {
       this.moving.delete(entry.id);
@@ -510,6 +605,14 @@ export class ConnectionMover {
     this.pendingWriteAcks.clear();
     for (const entry of this.forwarding.values()) entry.socket.destroy();
     this.forwarding.clear();
+    this.settled?.();
+  }
+
+  private giveBackFlushing(err: HandoverError): void {
+    for (const entry of [...this.flushing]) {
+      this.flushing.delete(entry);
+      this.giveBack(entry, err);
+    }
   }
 
   /** How many connections wait for an acknowledgement. */
@@ -523,6 +626,8 @@ export interface AdopterHooks {
   serverFor(key: string): { server: net.Server; adopt: AdoptHandler | undefined; afterAdopt?: (socket: net.Socket) => void } | undefined;
   /** Count an adopted socket as one of this process's connections. */
   track(socket: net.Socket, key: string): void;
+  /** Report an adoption that failed after the ACK (the application's handler threw). */
+  failed(err: HandoverError): void;
 }
 
 /**
@@ -621,14 +726,20 @@ export class ConnectionAdopter {
         internal._server = server;
         server._connections++;
         this.hooks.track(socket, entry.key);
-        if (target.adopt) {
-          target.adopt(socket, { key: entry.key, pending, state: entry.state });
-        } else {
-          if (pending.length > 0) socket.unshift(pending);
-          server.emit('connection', socket);
-          target.afterAdopt?.(socket);
-          // Reading starts now; unshifted bytes are delivered first.
-          socket.resume();
+        try {
+          if (target.adopt) {
+            target.adopt(socket, { key: entry.key, pending, state: entry.state });
+          } else {
+            if (pending.length > 0) socket.unshift(pending);
+            server.emit('connection', socket);
+            target.afterAdopt?.(socket);
+            // Reading starts now; unshifted bytes are delivered first.
+            socket.resume();
+          }
+        } catch (err) {
+          // The application's handler threw: that one connection is lost, not the batch, not the process.
+          this.hooks.failed(new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `adopting a connection of ${entry.key} threw: ${(err as Error).message}`, { cause: err }));
+          socket.destroy();
         }
       }
     };
@@ -642,6 +753,7 @@ export class ConnectionAdopter {
         debug('CONN_ACK not sent (%s); giving the connections up', err.message);
         for (const { socket } of started) socket.destroy();
       })
+      .catch((err: Error) => debug('adoption failed: %s', err.message))
       .finally(() => {
         setImmediate(() => this.session.channel.resume());
         done();

@@ -456,6 +456,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
           return { server: entry.server, adopt: entry.adopt, ...(http ? { afterAdopt: (socket: net.Socket) => http.afterAdopt(socket) } : {}) };
         },
         track: (socket, key) => this.track(socket, key),
+        failed: (err) => this.warn(err),
       });
       predecessor.session.onMessage((message) => this.onPredecessorMessage(message));
     }
@@ -751,6 +752,9 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     for (const entry of this.servers.values()) entry.http?.retire(move);
     const report = await this.waitConnectionsDone(this.gracefulTimeout, () => this.successor !== link);
     if (this.successor !== link || this.stateValue !== 'retiring') return; // rolled back meanwhile
+    // Connections already sent get their answer before anything is handed back.
+    await this.mover?.settle(this.readyTimeout);
+    if (this.successor !== link || this.stateValue !== 'retiring') return;
     this.mover?.close();
     this.mover = undefined;
     await link.session.send({ type: 'BYE', reason: report.timedOut ? `graceful timeout with ${report.remaining} connections left` : 'all connections done' }).catch(() => undefined);
