@@ -543,12 +543,12 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     this.pendingUpgrade = undefined;
     clearTimeout(pending.timer);
     const child = pending.child;
-    if (child && child.exitCode === null && child.signalCode === null) {
-      // A successor that missed its deadline must not wake up later and take over.
-      child.kill('SIGKILL');
-    }
     const link = this.successor;
-    if (link && !link.readyAcked && (child === undefined || link.pid === child.pid)) {
+    const ours = link !== undefined && !link.readyAcked && (child === undefined || spawnedBy(child, link.pid));
+    // A successor that missed its deadline must not wake up later and take over: kill its whole
+    // process group (it was spawned detached, so a wrapper's children are in it too).
+    if (child) killGroup(child);
+    if (link && ours) {
       void link.session.send({ type: 'REFUSED', code: err.code, reason: err.message }).catch(() => undefined);
       link.session.close();
     }
@@ -682,6 +682,12 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     if (pending) {
       this.pendingUpgrade = undefined;
       clearTimeout(pending.timer);
+      if (pending.child && !spawnedBy(pending.child, link.pid)) {
+        // Another successor (started by hand) was ready first. Ours would later take over from
+        // that one, unasked: stop it.
+        debug('successor pid %d is not the one upgrade() spawned (%d); killing ours', link.pid, pending.child.pid);
+        killGroup(pending.child);
+      }
       pending.child?.unref();
       pending.resolve(link.pid);
     }
@@ -825,6 +831,34 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   private warn(err: HandoverError): void {
     debug('warning: %s', err.message);
     this.emit('warning', err);
+  }
+}
+
+/** processGroup reads a process's group id from /proc (Linux); undefined where unknown. */
+function processGroup(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const pgrp = Number(fields[2]);
+    return Number.isSafeInteger(pgrp) ? pgrp : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** spawnedBy: whether pid is the spawned child or runs in its process group (a wrapper's child). */
+function spawnedBy(child: ChildProcess, pid: number): boolean {
+  return child.pid === pid || (child.pid !== undefined && processGroup(pid) === child.pid);
+}
+
+/** killGroup kills a detached child and everything in its process group. */
+function killGroup(child: ChildProcess): void {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-child.pid, 'SIGKILL');
+  } catch {
+    child.kill('SIGKILL');
   }
 }
 

@@ -109,6 +109,20 @@ describe('lifecycle', () => {
     });
   }
 
+  test('a successor started through a wrapper that hangs is killed with its whole process group', async () => {
+    const { dir, env, modeFile } = setup();
+    const first = await startFirst({ ...env, PORT: '0', READY_TIMEOUT: '1500', WRAP: '1' });
+    fs.writeFileSync(modeFile, 'hang');
+    const since = group.lines.length;
+    process.kill(first.pid, 'SIGHUP');
+    const [, hanging] = await group.waitForLine(/^hanging pid=(\d+)/, { since });
+    await group.waitForLine(/^upgrade-failed code=ERR_UPGRADE_READY_TIMEOUT/, { since });
+    await waitUntil(() => !isAlive(Number(hanging)), 5000, 'the hanging grandchild to be killed');
+    assert.equal(readPid(dir), first.pid);
+    fs.writeFileSync(modeFile, 'normal');
+    assert.match(await upgradeOnce(first.pid), /upgraded pid=\d+/);
+  });
+
   test('a successor the predecessor gave up on (readyTimeout) never serves beside it', async () => {
     const { dir, env, modeFile } = setup();
     const first = await startFirst({ ...env, PORT: '0', READY_TIMEOUT: '1000' });
