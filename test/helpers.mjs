@@ -149,3 +149,28 @@ export function readPid(dir) {
     return undefined;
   }
 }
+
+/** Sandbox: the process groups and temp dirs of one test file; cleanup() ends and removes them all. */
+export class Sandbox {
+  constructor() {
+    this.groups = [];
+    this.dirs = [];
+  }
+
+  group() {
+    const group = new ProcessGroup();
+    this.groups.push(group);
+    return group;
+  }
+
+  dir(prefix) {
+    const dir = tmpDir(prefix);
+    this.dirs.push(dir);
+    return dir;
+  }
+
+  async cleanup() {
+    for (const group of this.groups.splice(0)) await group.cleanup();
+    for (const dir of this.dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -5,23 +5,16 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { ProcessGroup, fixtures, get, tmpDir, isAlive, waitUntil, readPid } from './helpers.mjs';
+import { Sandbox, fixtures, get, isAlive, waitUntil, readPid } from './helpers.mjs';
 
 const serverScript = path.join(fixtures, 'server.mjs');
 let group;
-let dirs = [];
-
-afterEach(async () => {
-  await group?.cleanup();
-  group = undefined;
-  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
-  dirs = [];
-});
+const sandbox = new Sandbox();
+afterEach(() => sandbox.cleanup());
 
 function setup(extraEnv = {}) {
-  group = new ProcessGroup();
-  const base = tmpDir();
-  dirs.push(base);
+  group = sandbox.group();
+  const base = sandbox.dir();
   const dir = path.join(base, 'ctl');
   const modeFile = path.join(base, 'mode');
   const env = { HANDOVER_DIR: dir, MODE_FILE: modeFile, ...extraEnv };

@@ -1,24 +1,17 @@
 // Moving live connections between real processes, and the pitfalls that lose bytes or send FINs.
 import { test, describe, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { ProcessGroup, fixtures, tmpDir } from './helpers.mjs';
+import { Sandbox, fixtures } from './helpers.mjs';
 
 let group;
-let dirs = [];
-afterEach(async () => {
-  await group?.cleanup();
-  group = undefined;
-  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
-  dirs = [];
-});
+const sandbox = new Sandbox();
+afterEach(() => sandbox.cleanup());
 
 function setup() {
-  group = new ProcessGroup();
-  const base = tmpDir();
-  dirs.push(base);
+  group = sandbox.group();
+  const base = sandbox.dir();
   return path.join(base, 'ctl');
 }
 

@@ -5,17 +5,12 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ProcessGroup, fixtures, get, root, tmpDir } from './helpers.mjs';
+import { Sandbox, fixtures, get, root } from './helpers.mjs';
 
 const serverScript = path.join(fixtures, 'server.mjs');
 let group;
-let dirs = [];
-afterEach(async () => {
-  await group?.cleanup();
-  group = undefined;
-  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
-  dirs = [];
-});
+const sandbox = new Sandbox();
+afterEach(() => sandbox.cleanup());
 
 /**
  * A raw peer of the control socket, written to a world-readable temp dir with its own copy of the
@@ -86,12 +81,10 @@ function runPeer(script, socketPath, mode, options = {}) {
 }
 
 async function startServer(env = {}) {
-  group = new ProcessGroup();
-  const base = tmpDir();
-  dirs.push(base);
+  group = sandbox.group();
+  const base = sandbox.dir();
   const dir = path.join(base, 'ctl');
-  const peerDir = tmpDir('handover-peer-');
-  dirs.push(peerDir);
+  const peerDir = sandbox.dir('handover-peer-');
   const peer = writePeer(peerDir);
   group.start([serverScript], { env: { HANDOVER_DIR: dir, PORT: '0', ...env } });
   const [, pid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
