@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { Sandbox, fixtures, get, isAlive, waitUntil, readPid } from './helpers.mjs';
+import { Sandbox, fixtures, get, isAlive, waitUntil, readPid, root } from './helpers.mjs';
 
 const serverScript = path.join(fixtures, 'server.mjs');
 let group;
@@ -264,5 +264,23 @@ describe('many upgrades', () => {
     await new Promise((resolve) => setTimeout(resolve, 200));
     assert.equal(await fdsOf(first.pid), before);
     assert.equal((await get(first.port)).headers['x-pid'], String(first.pid));
+  });
+});
+
+describe('the example HTTP server', () => {
+  test('SIGTERM: the request in flight is answered, the process exits 0 and removes its control files', { timeout: 30_000 }, async () => {
+    group = sandbox.group();
+    const dir = path.join(sandbox.dir(), 'ctl');
+    const child = group.start([path.join(root, 'examples', 'http-server.mjs'), '--port', '0', '--host', '127.0.0.1', '--dir', dir]);
+    const [, pid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
+    const slow = get(Number(port), '/slow?ms=500');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    process.kill(Number(pid), 'SIGTERM');
+    const res = await slow;
+    assert.equal(res.status, 200);
+    assert.equal(res.headers['x-pid'], pid);
+    assert.deepEqual(await child.exited, { code: 0, signal: null });
+    assert.equal(fs.existsSync(path.join(dir, 'control.sock')), false);
+    assert.equal(fs.existsSync(path.join(dir, 'pid')), false);
   });
 });
