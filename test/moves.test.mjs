@@ -115,9 +115,11 @@ describe('moving connections', () => {
     const pids = [pid];
     for (let i = 0; i < 3; i++) {
       await new Promise((resolve) => setTimeout(resolve, 300));
+      const since = group.lines.length;
       pid = await upgrade(pid);
       pids.push(pid);
-      await group.waitForLine(/^retired moved=2 closed=0 remaining=0/, { since: 0 });
+      // This generation's predecessor handed both connections over (and not an earlier one).
+      await group.waitForLine(/^retired moved=2 closed=0 remaining=0/, { since });
     }
     for (const client of clients) client.stop();
     await Promise.all(clients.map((c) => c.allAcked()));
