@@ -116,6 +116,16 @@ describe('lifecycle', () => {
     assert.match(await upgradeOnce(first.pid), /upgraded pid=\d+/);
   });
 
+  test('a server the application closed is not offered, and does not break the upgrade', async () => {
+    const { env } = setup();
+    const first = await startFirst({ ...env, PORT: '0', CLOSE_EXTRA: '1' });
+    const since = group.lines.length;
+    const line = await upgradeOnce(first.pid);
+    assert.match(line, /^upgraded pid=\d+/);
+    const [inherited] = await group.waitForLine(/^inherited .*/, { since });
+    assert.equal(inherited, `inherited tcp:127.0.0.1:0@inet/127.0.0.1:${first.port}:true`);
+  });
+
   test('a successor the predecessor gave up on (readyTimeout) never serves beside it', async () => {
     const { dir, env, modeFile } = setup();
     const first = await startFirst({ ...env, PORT: '0', READY_TIMEOUT: '1000' });
