@@ -156,6 +156,27 @@ describe('moving connections', () => {
     client.socket.destroy();
   });
 
+  test('an adopt handler that throws costs that connection, not the successor', { timeout: 30_000 }, async () => {
+    const dir = setup();
+    group.start([path.join(fixtures, 'frame-server.mjs')], { env: { HANDOVER_DIR: dir, THROW_ADOPT: '1' } });
+    const [, firstPid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
+    const client = new FrameClient(Number(port));
+    await client.ready();
+    client.socket.write(client.frames(5));
+    await client.allAcked();
+    const since = group.lines.length;
+    const next = await upgrade(Number(firstPid));
+    await group.waitForLine(/^warning code=ERR_HANDOVER_NOT_MOVABLE/, { since });
+    // The successor serves on: a new connection works.
+    const fresh = new FrameClient(Number(port));
+    await fresh.ready();
+    fresh.socket.write(fresh.frames(3));
+    await fresh.allAcked();
+    assert.equal(fresh.lastPid, next);
+    client.socket.destroy();
+    fresh.socket.destroy();
+  });
+
   test('a connection the successor refuses stays with the predecessor, which serves it on', { timeout: 30_000 }, async () => {
     const dir = setup();
     group.start([path.join(fixtures, 'frame-server.mjs')], { env: { HANDOVER_DIR: dir, SECOND: '1', SKIP_SECOND: '1' } });
