@@ -281,29 +281,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   }
 
   private readSome(): void {
-    for (let i = 0; i < READS_PER_TICK && !this.closed && !this.paused; i++) {
-      let message;
-      try {
-        message = this.native.recvmsg(this.fd, this.receiveBuffer, this.native.MAX_FDS_PER_MESSAGE);
-      } catch (err) {
-        const code = isNativeError(err) ? err.code : '';
-        if (code === 'ECONNRESET') {
-          // Linux reports a peer that closed with unread data once, then the queued messages.
-          this.drainThenEnd();
-        } else if (code === 'EMSGSIZE') {
-          this.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', 'a message on the control socket was larger than a chunk or carried too many fds', { cause: err }));
-        } else {
-          this.fail(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `recvmsg failed: ${(err as Error).message}`, { cause: err }));
-        }
-        return;
-      }
-      if (message === null) return; // EAGAIN
-      if (message.bytes === 0 && message.fds.length === 0) {
-        this.onEnd();
-        return;
-      }
-      this.onChunk(this.receiveBuffer.subarray(0, message.bytes), message.fds);
-    }
+    this.read(false);
   }
 
   /**
@@ -311,23 +289,46 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
    * (paused or not: nobody will send them again), then ends the channel.
    */
   private drainThenEnd(): void {
-    for (;;) {
-      if (this.closed) return;
+    this.read(true);
+  }
+
+  /**
+   * read delivers queued messages: READS_PER_TICK of them while the peer is there (then the
+   * event loop gets a turn), or all of them, then the end, once it is gone.
+   */
+  private read(draining: boolean): void {
+    for (let i = 0; draining || i < READS_PER_TICK; i++) {
+      if (this.closed || (this.paused && !draining)) return;
       let message;
       try {
         message = this.native.recvmsg(this.fd, this.receiveBuffer, this.native.MAX_FDS_PER_MESSAGE);
       } catch (err) {
-        if (isNativeError(err) && err.code === 'ECONNRESET') continue;
-        if (isNativeError(err) && err.code === 'EMSGSIZE') {
+        const code = isNativeError(err) ? err.code : '';
+        if (code === 'ECONNRESET') {
+          // Linux reports a peer that closed with unread data once, then the queued messages.
+          draining = true;
+          continue;
+        }
+        if (code === 'EMSGSIZE') {
           this.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', 'a message on the control socket was larger than a chunk or carried too many fds', { cause: err }));
           return;
         }
-        break;
+        if (draining) break;
+        this.fail(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `recvmsg failed: ${(err as Error).message}`, { cause: err }));
+        return;
       }
-      if (message === null || (message.bytes === 0 && message.fds.length === 0)) break;
+      if (message === null) {
+        if (draining) break;
+        return; // EAGAIN
+      }
+      if (message.bytes === 0 && message.fds.length === 0) {
+        this.onEnd();
+        return;
+      }
       this.onChunk(this.receiveBuffer.subarray(0, message.bytes), message.fds);
     }
-    this.onEnd();
+    // Left the loop: the tick's share is read (more on the next readiness), or a gone peer is drained.
+    if (draining) this.onEnd();
   }
 
   private onEnd(): void {

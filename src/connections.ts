@@ -229,11 +229,6 @@ export class ConnectionMover {
     private readonly hooks: MoverHooks,
   ) {}
 
-  /** has tells whether a socket is already on its way (or gone). */
-  has(socket: net.Socket): boolean {
-    return this.claimed.has(socket);
-  }
-
   /** transfer moves one socket; resolves when the successor acknowledged it. */
   transfer(socketArg: net.Socket, options: TransferOptions = {}): Promise<void> {
     try {
@@ -378,7 +373,7 @@ export class ConnectionMover {
     }
     const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
     // A write larger than a frame travels as several WRITE frames; its callback waits for the last.
-    const maxBody = Math.floor(this.session.channel.maxFrameSize / 2);
+    const maxBody = this.maxBody;
     for (let offset = 0; offset < data.length || offset === 0; offset += maxBody) {
       const piece = data.subarray(offset, offset + maxBody);
       const last = offset + maxBody >= data.length;
@@ -392,6 +387,11 @@ export class ConnectionMover {
       });
       if (last) break;
     }
+  }
+
+  /** Bytes one CONN or WRITE frame may carry in its body, leaving the JSON header its share. */
+  private get maxBody(): number {
+    return Math.floor(this.session.channel.maxFrameSize / 2);
   }
 
   private scheduleFlush(): void {
@@ -410,8 +410,7 @@ export class ConnectionMover {
    * limit, so 10,000 connections never need 10,000 extra fds at once.
    */
   private flush(): void {
-    // Room for the bytes of one frame, leaving the JSON header its share.
-    const maxBody = Math.floor(this.session.channel.maxFrameSize / 2);
+    const maxBody = this.maxBody;
     while (this.queue.length > 0 && !this.closed && this.batchesInFlight < WINDOW) {
       const native = binding();
       const batch: Moving[] = [];
@@ -566,10 +565,11 @@ export class ConnectionMover {
    */
   settle(timeoutMs: number): Promise<void> {
     this.settling = true;
-    this.giveBackFlushing(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'retiring ended before the connection could move; it stays here'));
+    const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'retiring ended before the connection could move; it stays here');
+    this.giveBackFlushing(err);
     for (const entry of this.queue.splice(0)) {
       this.moving.delete(entry.id);
-      this.giveBack(entry, new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'retiring ended before the connection could move; it stays here'));
+      this.giveBack(entry, err);
     }
     return new Promise((resolve) => {
       const check = (): void => {
@@ -614,11 +614,6 @@ export class ConnectionMover {
       this.giveBack(entry, err);
     }
   }
-
-  /** How many connections wait for an acknowledgement. */
-  get inFlight(): number {
-    return this.moving.size;
-  }
 }
 
 export interface AdopterHooks {
@@ -639,7 +634,6 @@ export class ConnectionAdopter {
   private readonly adopted = new Map<number, net.Socket>();
   private readonly batches: Extract<Message, { type: 'CONN' }>[] = [];
   private adopting = false;
-  adoptedCount = 0;
 
   private nextBatch(): void {
     const batch = this.batches.shift();
@@ -713,7 +707,6 @@ export class ConnectionAdopter {
       socket.once('close', () => this.adopted.delete(entry.id));
       started.push({ socket, entry, pending: pending.length > 0 ? Buffer.from(pending) : EMPTY, unflushed: unflushed.length > 0 ? Buffer.from(unflushed) : EMPTY, target });
     });
-    this.adoptedCount += acked.length;
     debug('adopted %d, refused %d', acked.length, refused.length);
     const start = (): void => {
       for (const { socket, entry, pending, unflushed, target } of started) {

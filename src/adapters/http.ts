@@ -82,9 +82,7 @@ export class HttpAdapter {
         socket.setTimeout(this.server.timeout || 0);
       }
       if (!this.retiring) return;
-      if (this.lastResponse.has(socket)) {
-        res.shouldKeepAlive = false;
-      } else if (this.move && this.canMove) {
+      if (this.move && this.canMove && !this.lastResponse.has(socket)) {
         res.once('finish', () => setImmediate(() => this.tryMove(socket)));
       } else {
         res.shouldKeepAlive = false;
