@@ -45,10 +45,12 @@ export type Message =
   | { type: 'HELLO'; version: number; pid: number }
   | { type: 'LISTENERS'; pid: number; listeners: ListenerEntry[]; fds: number[] }
   | { type: 'REFUSED'; code: string; reason: string }
-  | { type: 'READY'; pid: number }
+  /** credit (optional): how many more fds the successor can receive now (fd flow control). */
+  | { type: 'READY'; pid: number; credit?: number }
   | { type: 'READY_ACK' }
   | { type: 'CONN'; conns: ConnEntry[]; body: Buffer; fds: number[] }
-  | { type: 'CONN_ACK'; acked: number[]; refused: { id: number; reason: string }[] }
+  /** Answers the oldest unanswered CONN; with no ids, only updates the credit. */
+  | { type: 'CONN_ACK'; acked: number[]; refused: { id: number; reason: string }[]; credit?: number }
   | { type: 'WRITE'; id: number; seq: number; data: Buffer }
   | { type: 'WRITE_ACK'; id: number; seq: number }
   | { type: 'BYE'; reason: string };
@@ -162,7 +164,8 @@ export function decode(frame: Frame): Message {
       expectNoFds();
       expectNoBody();
       if (!isCount(header.pid)) throw protocolError('READY needs pid');
-      return { type: 'READY', pid: header.pid };
+      if (header.credit !== undefined && !isCount(header.credit)) throw protocolError('READY: credit must be a count');
+      return { type: 'READY', pid: header.pid, ...(header.credit === undefined ? {} : { credit: header.credit }) };
     }
     case 'READY_ACK':
       expectNoFds();
@@ -196,7 +199,8 @@ export function decode(frame: Frame): Message {
         if (!isObject(entry) || !isCount(entry.id) || !isString(entry.reason)) throw protocolError('CONN_ACK: malformed refusal');
         refusals.push({ id: entry.id, reason: entry.reason });
       }
-      return { type: 'CONN_ACK', acked: acked as number[], refused: refusals };
+      if (header.credit !== undefined && !isCount(header.credit)) throw protocolError('CONN_ACK: credit must be a count');
+      return { type: 'CONN_ACK', acked: acked as number[], refused: refusals, ...(header.credit === undefined ? {} : { credit: header.credit }) };
     }
     case 'WRITE': {
       expectNoFds();

@@ -36,7 +36,7 @@ import {
 import { PROTOCOL_VERSION, type ListenerKind, type Message } from './protocol';
 import { ControlSession } from './session';
 import { HttpAdapter } from './adapters/http';
-import { ConnectionAdopter, ConnectionMover, type AdoptHandler, type TransferOptions } from './connections';
+import { ConnectionAdopter, ConnectionMover, readyCredit, type AdoptHandler, type TransferOptions } from './connections';
 import * as https from 'node:https';
 
 const debug = createDebug('handover:upgrader');
@@ -417,7 +417,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     if (predecessor) {
       let reply;
       try {
-        if (!predecessor.session.isClosed) await predecessor.session.send({ type: 'READY', pid: process.pid });
+        if (!predecessor.session.isClosed) await predecessor.session.send({ type: 'READY', pid: process.pid, ...readyCredit() });
         reply = await predecessor.session.next(['READY_ACK', 'REFUSED'], this.readyTimeout, 'the predecessor to stop accepting');
       } catch (err) {
         if (!isHandoverError(err, 'ERR_HANDOVER_CHANNEL_CLOSED')) {
@@ -643,7 +643,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
           session.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', 'READY sent twice'));
           return;
         }
-        this.onSuccessorReady(link);
+        this.onSuccessorReady(link, message.credit);
         return;
       }
       default:
@@ -653,7 +653,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     }
   }
 
-  private onSuccessorReady(link: SuccessorLink): void {
+  private onSuccessorReady(link: SuccessorLink, credit: number | undefined): void {
     clearTimeout(link.timer);
     const native = binding();
     // Stop accepting, keeping a dup of every listening socket: the accept queue stays alive and a
@@ -676,7 +676,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
         this.movedWhileWaiting++;
         this.notifyConnections();
       },
-    });
+    }, { credit });
     this.setState('retiring');
     const pending = this.pendingUpgrade;
     if (pending) {

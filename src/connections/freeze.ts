@@ -1,0 +1,101 @@
+// Freezing a connection before it moves: no byte is read by this process after the decision, and
+// thawing gives it back exactly as it was (buffered bytes first, reading, flowing, its timeout).
+import { EventEmitter } from 'node:events';
+import type * as net from 'node:net';
+import { HandoverError } from '../errors';
+import { handleOf, readableState, socketTimeout, writeQueueSize } from '../runtime';
+
+/** A frozen socket: the bytes it had buffered, and how to undo the freeze. */
+export interface Frozen {
+  buffered: Buffer;
+  thaw: () => void;
+}
+
+/** Stops reading at the kernel level and keeps anything (resume(), timers, HTTP) from restarting it. */
+function freezeReading(socket: net.Socket): () => void {
+  const handle = handleOf(socket)!;
+  const originalReadStart = Object.prototype.hasOwnProperty.call(handle, 'readStart') ? handle.readStart : undefined;
+  const wasReading = handle.reading;
+  handle.readStop();
+  handle.reading = false;
+  handle.readStart = () => 0;
+  return () => {
+    if (originalReadStart) handle.readStart = originalReadStart;
+    else delete (handle as Partial<typeof handle>).readStart;
+    if (wasReading) {
+      handle.reading = true;
+      handle.readStart();
+    }
+  };
+}
+
+/** Takes what the stream already buffered (read from the kernel, not yet delivered), without emitting it. */
+function takeBuffered(socket: net.Socket): Buffer {
+  const state = readableState(socket);
+  if (!state || state.length === 0) return Buffer.alloc(0);
+  const dataListeners = socket.rawListeners('data') as ((...args: unknown[]) => void)[];
+  socket.removeAllListeners('data');
+  const chunks: Buffer[] = [];
+  let chunk: Buffer | string | null;
+  while ((chunk = socket.read() as Buffer | string | null) !== null) {
+    chunks.push(typeof chunk === 'string' ? Buffer.from(chunk, state.encoding ?? 'utf8') : chunk);
+  }
+  // Re-attach with the plain EventEmitter method: http wraps socket.on('data') to unconsume its parser.
+  for (const listener of dataListeners) EventEmitter.prototype.on.call(socket, 'data', listener);
+  return Buffer.concat(chunks);
+}
+
+/**
+ * freeze stops reading, takes the buffered bytes, pauses the stream and stops its idle timer (the
+ * old copy must not time out while it travels). thaw() undoes all of it, the timer included: a
+ * connection handed back after a refusal or a rollback times out as before.
+ */
+export function freeze(socket: net.Socket): Frozen {
+  const unfreeze = freezeReading(socket);
+  const buffered = takeBuffered(socket);
+  const wasFlowing = socket.readableFlowing === true;
+  socket.pause();
+  const timeout = socketTimeout(socket);
+  if (timeout > 0) socket.setTimeout(0);
+  return {
+    buffered,
+    thaw: () => {
+      if (buffered.length > 0) socket.unshift(buffered);
+      unfreeze();
+      if (wasFlowing) socket.resume();
+      if (timeout > 0 && !socket.destroyed) socket.setTimeout(timeout);
+    },
+  };
+}
+
+export function writesFlushed(socket: net.Socket): boolean {
+  return socket.writableLength === 0 && writeQueueSize(socket) === 0;
+}
+
+/** Resolves once every write is in the kernel; cancelled() ends the wait early (resolved). */
+export function waitWritesFlushed(socket: net.Socket, cancelled: () => boolean): Promise<void> {
+  if (writesFlushed(socket)) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const check = (): void => {
+      if (cancelled()) {
+        cleanup();
+        resolve();
+      } else if (socket.destroyed) {
+        cleanup();
+        reject(new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the socket was destroyed while its writes were flushing'));
+      } else if (writesFlushed(socket)) {
+        cleanup();
+        resolve();
+      }
+    };
+    // 'drain' fires only after a write returned false; poll once per loop turn as a fallback.
+    const interval = setInterval(check, 1);
+    const cleanup = (): void => {
+      clearInterval(interval);
+      socket.removeListener('drain', check);
+      socket.removeListener('close', check);
+    };
+    socket.on('drain', check);
+    socket.on('close', check);
+  });
+}

@@ -1,0 +1,415 @@
+// The predecessor's side of moving connections over one control session: freeze, batch into CONN
+// frames within the successor's fd credit and this process's free fds, match CONN_ACKs, hand back.
+import * as net from 'node:net';
+import createDebug from 'debug';
+import { binding, isNativeError } from '../native';
+import { HandoverError } from '../errors';
+import type { ConnEntry, Message } from '../protocol';
+import type { ControlSession } from '../session';
+import { detachHandle, handleOf, runtimeCapabilities, socketFd } from '../runtime';
+import { CreditWindow } from './credit';
+import { freeze, waitWritesFlushed, writesFlushed } from './freeze';
+import { MoveWrites } from './writes';
+import type { Moving, TransferOptions } from './types';
+
+const debug = createDebug('handover:connections');
+
+/** Most connections per CONN frame: the kernel's limit of fds per sendmsg. */
+const BATCH = 253;
+/** CONN frames sent ahead of their CONN_ACKs. */
+const WINDOW = 8;
+
+export interface MoverHooks {
+  /** The listener key of a tracked socket, or undefined for a socket of no server given to listen(). */
+  keyOf(socket: net.Socket): string | undefined;
+  /** Called when the successor acknowledged a socket (it now belongs to the successor). */
+  moved(socket: net.Socket): void;
+}
+
+export interface MoverOptions {
+  /** The fd credit the successor announced in READY; absent: it does not announce (a fixed window). */
+  credit?: number | undefined;
+}
+
+/**
+ * checkInternals: null when this Node.js has every internal a move relies on (runtime.ts checks
+ * them once), else the error that names what changed.
+ */
+export function checkInternals(socket?: net.Socket): HandoverError | null {
+  const capabilities = runtimeCapabilities();
+  if (!capabilities.moveConnections) {
+    return new HandoverError('ERR_HANDOVER_UNSUPPORTED_RUNTIME', `cannot move connections: ${capabilities.problems.join('; ')}`);
+  }
+  if (socket && !socket.destroyed && handleOf(socket) && socketFd(socket) < 0) {
+    return new HandoverError('ERR_HANDOVER_UNSUPPORTED_RUNTIME', 'the socket handle has no fd');
+  }
+  return null;
+}
+
+function isFdExhaustion(err: unknown): boolean {
+  return isNativeError(err) && (err.code === 'EMFILE' || err.code === 'ENFILE');
+}
+
+/**
+ * ConnectionMover batches CONN frames, matches CONN_ACKs, forwards late writes, and on NACK or a
+ * lost successor gives every unacknowledged connection back to the application, untouched. It
+ * never needs more fds than there are: it dups what fits and waits for answers to free more.
+ */
+export class ConnectionMover {
+  private nextId = 1;
+  private readonly moving = new Map<number, Moving>();
+  private readonly forwarding = new Map<number, Moving>();
+  /** Sent, then closed here at the settle timeout without an answer: a late answer is no error. */
+  private readonly abandoned = new Set<number>();
+  private readonly queue: Moving[] = [];
+  private readonly writes: MoveWrites;
+  private readonly credit: CreditWindow;
+  private flushScheduled = false;
+  private closed = false;
+  private settling = false;
+  private readonly flushing = new Set<Moving>();
+  private settled: (() => void) | undefined;
+  private readonly claimed = new WeakSet<net.Socket>();
+
+  constructor(
+    private readonly session: ControlSession,
+    private readonly hooks: MoverHooks,
+    options: MoverOptions = {},
+  ) {
+    this.writes = new MoveWrites(session);
+    this.credit = new CreditWindow(options.credit);
+  }
+
+  /** transfer moves one socket; resolves when the successor acknowledged it. */
+  transfer(socket: net.Socket, options: TransferOptions = {}): Promise<void> {
+    try {
+      return this.decide(socket, options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  private decide(socket: net.Socket, options: TransferOptions): Promise<void> {
+    if (!(socket instanceof net.Socket)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'transferConnection() needs a net.Socket');
+    if (this.settling) throw new HandoverError('ERR_HANDOVER_INVALID_STATE', 'retiring is over: the connection stays here');
+    if (this.closed) throw new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; the connection stays here');
+    if (this.claimed.has(socket)) throw new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the connection is already being moved');
+    if (socket.destroyed || socketFd(socket) < 0) {
+      throw new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the socket has no open handle (destroyed, or not a TCP/unix stream)');
+    }
+    if (socket.readableEnded || socket.writableEnded || socket.writableFinished) {
+      throw new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the socket is half-closed');
+    }
+    const unsupported = checkInternals(socket);
+    if (unsupported) throw unsupported;
+    const key = this.hooks.keyOf(socket);
+    if (key === undefined) throw new HandoverError('ERR_HANDOVER_NOT_MOVABLE', 'the socket does not belong to a server given to upgrader.listen()');
+    if (options.pending !== undefined && !Buffer.isBuffer(options.pending)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.pending must be a Buffer');
+    this.claimed.add(socket);
+    // 1. No byte is read by this process after the decision (freeze.ts).
+    const frozen = freeze(socket);
+    const entry: Moving = {
+      id: this.nextId++,
+      socket,
+      key,
+      pending: options.pending && options.pending.length > 0 ? Buffer.concat([options.pending, frozen.buffered]) : frozen.buffered,
+      state: options.state,
+      lateWrites: options.lateWrites === true,
+      thaw: frozen.thaw,
+      phase: 'collecting',
+      carried: [],
+      carriedBytes: 0,
+      held: [],
+      writeSeq: 0,
+      resolve: () => undefined,
+      reject: () => undefined,
+    };
+    // 2. Writes from now on are ours to deliver (carried, held or forwarded); only the write
+    //    already inside libuv must reach the kernel before the fd travels.
+    this.writes.intercept(entry);
+    const promise = new Promise<void>((resolve, reject) => {
+      entry.resolve = resolve;
+      entry.reject = reject;
+    });
+    const enqueue = (): void => {
+      if (this.closed || this.settling) {
+        this.giveBack(entry, new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor is gone; the connection stays here'));
+        return;
+      }
+      this.moving.set(entry.id, entry);
+      this.queue.push(entry);
+      // A full batch leaves at once, so the successor adopts while this process still decides.
+      if (this.queue.length >= BATCH) this.flush();
+      else this.scheduleFlush();
+    };
+    // The usual case (nothing unwritten) stays synchronous: no turn of the loop per connection.
+    if (writesFlushed(socket)) enqueue();
+    else {
+      // A client that does not read can keep this wait going: close() and settle() end it.
+      this.flushing.add(entry);
+      waitWritesFlushed(socket, () => !this.flushing.has(entry)).then(
+        () => {
+          if (!this.flushing.delete(entry)) return; // handed back meanwhile
+          enqueue();
+        },
+        (err: Error) => {
+          this.flushing.delete(entry);
+          this.writes.giveBack(entry);
+          entry.thaw();
+          this.claimed.delete(socket);
+          entry.reject(err);
+        },
+      );
+    }
+    return promise;
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // Collect every transfer decided in this turn of the loop into as few frames as possible.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  /**
+   * flush sends queued connections while the successor has credit and this process has fds to
+   * dup. A dup failing with EMFILE is no failure: the connection waits (frozen, in order) until an
+   * answer frees fds here (each sent dup is closed once in the kernel, each acked socket on ACK).
+   * With nothing in flight to free one, it lends the socket's own fd instead of a dup.
+   */
+  private flush(): void {
+    const maxBody = this.writes.maxBody;
+    while (this.queue.length > 0 && !this.closed && this.credit.batchesInFlight < WINDOW) {
+      const room = Math.min(BATCH, this.credit.available);
+      if (room <= 0) {
+        debug('waiting for fd credit from the successor (%d queued)', this.queue.length);
+        return; // the next CONN_ACK or credit update flushes again
+      }
+      const native = binding();
+      const batch: Moving[] = [];
+      const fds: number[] = [];
+      let bodyBytes = 0;
+      let starved = false;
+      while (this.queue.length > 0 && batch.length < room) {
+        const entry = this.queue[0]!;
+        const bytes = entry.pending.length + entry.carriedBytes;
+        if (bytes > maxBody) {
+          this.queue.shift();
+          this.moving.delete(entry.id);
+          this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the connection's pending and unflushed bytes (${bytes}) exceed what one frame carries (${maxBody})`));
+          continue;
+        }
+        if (batch.length > 0 && bodyBytes + bytes > maxBody) break;
+        let fd: number;
+        try {
+          // A dup travels: the socket's own fd may be closed by the application meanwhile.
+          fd = native.dup(socketFd(entry.socket));
+        } catch (err) {
+          if (isFdExhaustion(err)) {
+            starved = true;
+            break;
+          }
+          this.queue.shift();
+          this.moving.delete(entry.id);
+          this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `cannot duplicate the connection's fd: ${(err as Error).message}`, { cause: err }));
+          continue;
+        }
+        this.queue.shift();
+        batch.push(entry);
+        fds.push(fd);
+        bodyBytes += bytes;
+      }
+      if (batch.length > 0) {
+        this.send(batch, fds, true);
+        continue; // sent dups are closed as soon as they are in the kernel: try again
+      }
+      if (!starved) continue;
+      if (this.credit.batchesInFlight > 0) {
+        debug('no free fd to dup; waiting for answers (%d queued)', this.queue.length);
+        return;
+      }
+      this.lend(this.queue.shift()!);
+    }
+  }
+
+  /** lend sends one connection with its own fd (no fd to spare for a dup); the fd stays open until it is in the kernel. */
+  private lend(entry: Moving): void {
+    const { socket } = entry;
+    debug('no free fd at all: connection %d travels with its own fd', entry.id);
+    const record = socket as unknown as { _destroy: (err: Error | null, cb: (err?: Error | null) => void) => void };
+    let inKernel = false;
+    const original = record._destroy;
+    // Until the fd is in the kernel, closing it would let its number be reused and sent instead.
+    record._destroy = (err, cb) => {
+      if (inKernel) original.call(socket, err, cb);
+      else sent.finally(() => original.call(socket, err, cb));
+    };
+    const sent = this.send([entry], [socketFd(socket)], false).finally(() => {
+      inKernel = true;
+      delete (record as Partial<typeof record>)._destroy;
+    });
+  }
+
+  private send(batch: Moving[], fds: number[], ownsFds: boolean): Promise<void> {
+    const parts: Buffer[] = [];
+    const conns: ConnEntry[] = batch.map((entry) => {
+      entry.phase = 'sent';
+      const conn: ConnEntry = { id: entry.id, key: entry.key, pendingLength: entry.pending.length, writeLength: entry.carriedBytes };
+      if (entry.state !== undefined) conn.state = entry.state;
+      parts.push(entry.pending, ...entry.carried);
+      return conn;
+    });
+    debug('CONN with %d connections', batch.length);
+    this.credit.sent(fds.length);
+    // Owned dups are the channel's now: closed once in the kernel, whatever happens.
+    return this.session.send({ type: 'CONN', conns, body: Buffer.concat(parts), fds }, { closeFdsAfterSend: ownsFds }).then(
+      () => this.scheduleFlush(),
+      (err: Error) => {
+        if (this.closed || this.session.isClosed) return; // close() gives every unacknowledged connection back
+        // Refused by the channel itself (too large): these connections never left.
+        this.credit.unsent(fds.length);
+        for (const entry of batch) {
+          if (!this.moving.delete(entry.id)) continue;
+          this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the connection could not be sent: ${err.message}`, { cause: err }));
+        }
+        this.flush();
+      },
+    );
+  }
+
+  /** onMessage handles CONN_ACK and WRITE_ACK from the successor; false for anything else. */
+  onMessage(message: Message): boolean {
+    if (message.type === 'CONN_ACK') {
+      // A CONN_ACK with no ids is a credit update (the successor has fds to spare again).
+      const answersBatch = message.acked.length + message.refused.length > 0;
+      this.credit.answered(answersBatch, message.credit);
+      for (const id of message.acked) this.onAck(id);
+      for (const { id, reason } of message.refused) this.onNack(id, reason);
+      this.flush();
+      this.settled?.();
+      return true;
+    }
+    if (message.type === 'WRITE_ACK') {
+      this.writes.onWriteAck(message.id, message.seq);
+      return true;
+    }
+    return false;
+  }
+
+  private onAck(id: number): void {
+    const entry = this.moving.get(id);
+    if (!entry) {
+      if (this.abandoned.delete(id)) return; // answered late: the successor has it, ours is closed
+      this.session.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', `CONN_ACK for unknown connection ${id}`));
+      return;
+    }
+    this.moving.delete(id);
+    const { socket } = entry;
+    const forwards = entry.lateWrites || entry.held.length > 0;
+    this.writes.acked(entry);
+    this.hooks.moved(socket);
+    // Close only this process's copy of the fd: nothing goes on the wire, the successor holds
+    // the connection. Never end(), shutdown() or a reset.
+    if (forwards) {
+      // The socket object lives on as a forwarder until the application lets go of it (or, without
+      // lateWrites, until the writes it made during the move are delivered).
+      this.forwarding.set(id, entry);
+      detachHandle(socket);
+      socket.once('close', () => this.forwarding.delete(id));
+      if (!entry.lateWrites) socket.end();
+    } else {
+      socket.destroy();
+    }
+    entry.resolve();
+  }
+
+  private onNack(id: number, reason: string): void {
+    const entry = this.moving.get(id);
+    if (!entry) {
+      if (this.abandoned.delete(id)) debug('connection %d refused after it was closed here: lost', id);
+      return;
+    }
+    this.moving.delete(id);
+    this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the successor refused the connection: ${reason}`));
+  }
+
+  /** giveBack: the connection stays here, exactly as it was (buffered bytes first, writes out, its timeout). */
+  private giveBack(entry: Moving, err: HandoverError): void {
+    this.writes.giveBack(entry);
+    entry.thaw();
+    this.claimed.delete(entry.socket);
+    debug('connection %d stays: %s', entry.id, err.message);
+    entry.reject(err);
+  }
+
+  /**
+   * settle stops new moves and waits (at most timeoutMs) until every connection already sent has
+   * its answer. At the timeout, connections still unanswered are never handed back (if the answer
+   * is only late, the successor reads them): they stay frozen and this copy is closed, plainly.
+   */
+  settle(timeoutMs: number): Promise<void> {
+    this.settling = true;
+    const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'retiring ended before the connection could move; it stays here');
+    this.giveBackFlushing(err);
+    for (const entry of this.queue.splice(0)) {
+      this.moving.delete(entry.id);
+      this.giveBack(entry, err);
+    }
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (this.closed || this.moving.size === 0) {
+          clearTimeout(timer);
+          this.settled = undefined;
+          resolve();
+        }
+      };
+      const timer = setTimeout(() => {
+        this.settled = undefined;
+        this.abandonUnanswered();
+        resolve();
+      }, timeoutMs);
+      this.settled = check;
+      check();
+    });
+  }
+
+  private abandonUnanswered(): void {
+    const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor did not answer in time: this copy of the connection was closed (the successor may hold it)');
+    for (const entry of [...this.moving.values()]) {
+      this.moving.delete(entry.id);
+      this.abandoned.add(entry.id);
+      debug('connection %d unanswered at the settle timeout: closing this copy, frozen', entry.id);
+      this.writes.abandon(entry, err);
+      entry.socket.destroy();
+      entry.reject(err);
+    }
+  }
+
+  /** close: the session ended. Unacknowledged connections stay here; late writes fail. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor went away before acknowledging the connection; it stays here');
+    this.giveBackFlushing(err);
+    this.queue.splice(0);
+    for (const entry of [...this.moving.values()]) {
+      this.moving.delete(entry.id);
+      // Queued entries have no dup yet; sent ones' dups belong to the channel.
+      this.giveBack(entry, err);
+    }
+    this.writes.close();
+    for (const entry of this.forwarding.values()) entry.socket.destroy();
+    this.forwarding.clear();
+    this.settled?.();
+  }
+
+  private giveBackFlushing(err: HandoverError): void {
+    for (const entry of [...this.flushing]) {
+      this.flushing.delete(entry);
+      this.giveBack(entry, err);
+    }
+  }
+}
