@@ -94,6 +94,8 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   private closed = false;
   private failure: Error | undefined;
   private armed: { readable: boolean; writable: boolean } = { readable: false, writable: false };
+  /** Set while sendmsg is refused with ETOOMANYREFS: writability says nothing then, a timer retries. */
+  private refsRetry: { timer: NodeJS.Timeout | undefined; delay: number } = { timer: undefined, delay: 0 };
 
   constructor(fd: number, options: FdChannelOptions = {}) {
     super();
@@ -199,6 +201,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
     if (this.closed) return;
     this.closed = true;
     this.poller.close();
+    clearTimeout(this.refsRetry.timer);
     const error = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the control channel was closed before the frame was sent');
     for (const chunk of this.queue.splice(0)) {
       if (chunk.done) {
@@ -222,7 +225,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   private rearm(): void {
     if (this.closed) return;
     const readable = !this.paused;
-    const writable = this.queue.length > 0;
+    const writable = this.queue.length > 0 && this.refsRetry.timer === undefined;
     if (readable === this.armed.readable && writable === this.armed.writable) return;
     this.armed = { readable, writable };
     if (readable || writable) this.poller.start(readable, writable);
@@ -250,6 +253,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   }
 
   private flush(): void {
+    if (this.refsRetry.timer !== undefined) return;
     while (!this.closed && this.queue.length > 0) {
       const chunk = this.queue[0]!;
       let written: number;
@@ -262,6 +266,12 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
           this.drainThenEnd();
           return;
         }
+        if (code === 'ETOOMANYREFS') {
+          // fds in flight count against this process's RLIMIT_NOFILE (when not privileged): back-
+          // pressure, not a failure. They leave flight as the peer reads them; try again shortly.
+          this.backOffRefs();
+          return;
+        }
         this.fail(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `sendmsg failed: ${(err as Error).message}`, { cause: err }));
         return;
       }
@@ -271,12 +281,24 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
         this.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', `short sendmsg: ${written} of ${chunk.data.length} bytes`));
         return;
       }
+      this.refsRetry.delay = 0;
       this.queue.shift();
       if (chunk.done) {
         if (chunk.done.owned) closeAll(this.native, chunk.done.owned);
         chunk.done.resolve();
       }
     }
+    this.rearm();
+  }
+
+  private backOffRefs(): void {
+    const delay = Math.min(100, Math.max(1, this.refsRetry.delay * 2));
+    debug('channel fd %d: too many fds in flight; retrying in %d ms', this.fd, delay);
+    this.refsRetry.delay = delay;
+    this.refsRetry.timer = setTimeout(() => {
+      this.refsRetry.timer = undefined;
+      this.flush();
+    }, delay);
     this.rearm();
   }
 
