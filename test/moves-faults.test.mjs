@@ -108,6 +108,29 @@ describe('a successor that answers late or refuses', () => {
   });
 });
 
+describe('a successor lost while a connection travels', () => {
+  test('a keep-alive connection handed back by a rollback gets its keep-alive timeout back', { timeout: 30_000 }, async () => {
+    const first = await startServer({ KEEPALIVE_TIMEOUT: '300', GRACEFUL_TIMEOUT: '20000' });
+    const socket = await connect(first.port);
+    assert.equal(await request(socket), first.pid);
+    let bytes = '';
+    socket.on('data', (chunk) => (bytes += chunk));
+    const closed = new Promise((resolve) => socket.once('close', resolve));
+    const since = group.lines.length;
+    const peer = group.start([rawSuccessor, first.dir, 'late']);
+    await group.waitForLine(/^conn count=1/, { since });
+    // The successor dies holding the connection unanswered: the predecessor rolls back and keeps it.
+    peer.kill('SIGKILL');
+    await group.waitForLine(/^rollback successor=\d+/, { since });
+    await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error('the handed-back connection never timed out')), 10_000))]);
+    assert.equal(bytes, '', 'closed idle, as keep-alive does: no bytes');
+    // The predecessor serves as before: a new connection is answered by it.
+    const again = await connect(first.port);
+    assert.equal(await request(again), first.pid);
+    again.destroy();
+  });
+});
+
 describe('a predecessor that sends fds that are not connections', () => {
   test('a pipe, a regular file and a listening socket are refused and closed; a real connection is adopted', { timeout: 30_000 }, async () => {
     group = sandbox.group();

@@ -64,6 +64,8 @@ export class ConnectionAdopter {
     private readonly hooks: AdopterHooks,
   ) {
     session.once('close', () => this.stopCreditWatch());
+    // READY may already have said 0: the predecessor waits for word that there is room.
+    if (fdCredit() === 0) this.watchCredit();
   }
 
   onMessage(message: Message): boolean {
