@@ -1,23 +1,17 @@
-// The predecessor's side of moving connections over one control session: freeze, batch into CONN
-// frames within the successor's fd credit and this process's free fds, match CONN_ACKs, hand back.
+// The predecessor's side of moving connections over one control session: decide and freeze,
+// queue in the outbox, match CONN_ACKs, close this copy on ACK or hand the connection back.
 import * as net from 'node:net';
 import createDebug from 'debug';
-import { binding, isNativeError } from '../native';
 import { HandoverError } from '../errors';
-import type { ConnEntry, Message } from '../protocol';
+import type { Message } from '../protocol';
 import type { ControlSession } from '../session';
 import { detachHandle, handleOf, runtimeCapabilities, socketFd } from '../runtime';
-import { CreditWindow } from './credit';
+import { Outbox } from './outbox';
 import { freeze, waitWritesFlushed, writesFlushed } from './freeze';
 import { MoveWrites } from './writes';
 import type { Moving, TransferOptions } from './types';
 
 const debug = createDebug('handover:connections');
-
-/** Most connections per CONN frame: the kernel's limit of fds per sendmsg. */
-const BATCH = 253;
-/** CONN frames sent ahead of their CONN_ACKs. */
-const WINDOW = 8;
 
 export interface MoverHooks {
   /** The listener key of a tracked socket, or undefined for a socket of no server given to listen(). */
@@ -46,14 +40,9 @@ export function checkInternals(socket?: net.Socket): HandoverError | null {
   return null;
 }
 
-function isFdExhaustion(err: unknown): boolean {
-  return isNativeError(err) && (err.code === 'EMFILE' || err.code === 'ENFILE');
-}
-
 /**
  * ConnectionMover batches CONN frames, matches CONN_ACKs, forwards late writes, and on NACK or a
- * lost successor gives every unacknowledged connection back to the application, untouched. It
- * never needs more fds than there are: it dups what fits and waits for answers to free more.
+ * lost successor gives every unacknowledged connection back to the application, untouched.
  */
 export class ConnectionMover {
   private nextId = 1;
@@ -61,10 +50,8 @@ export class ConnectionMover {
   private readonly forwarding = new Map<number, Moving>();
   /** Sent, then closed here at the settle timeout without an answer: a late answer is no error. */
   private readonly abandoned = new Set<number>();
-  private readonly queue: Moving[] = [];
   private readonly writes: MoveWrites;
-  private readonly credit: CreditWindow;
-  private flushScheduled = false;
+  private readonly outbox: Outbox;
   private closed = false;
   private settling = false;
   private readonly flushing = new Set<Moving>();
@@ -77,7 +64,10 @@ export class ConnectionMover {
     options: MoverOptions = {},
   ) {
     this.writes = new MoveWrites(session);
-    this.credit = new CreditWindow(options.credit);
+    // A connection that could not be sent stays here (unless already answered or handed back).
+    this.outbox = new Outbox(session, options.credit, () => this.writes.maxBody, (entry, err) => {
+      if (this.moving.delete(entry.id)) this.giveBack(entry, err);
+    });
   }
 
   /** transfer moves one socket; resolves when the successor acknowledged it. */
@@ -137,10 +127,7 @@ export class ConnectionMover {
         return;
       }
       this.moving.set(entry.id, entry);
-      this.queue.push(entry);
-      // A full batch leaves at once, so the successor adopts while this process still decides.
-      if (this.queue.length >= BATCH) this.flush();
-      else this.scheduleFlush();
+      this.outbox.push(entry);
     };
     // The usual case (nothing unwritten) stays synchronous: no turn of the loop per connection.
     if (writesFlushed(socket)) enqueue();
@@ -164,131 +151,15 @@ export class ConnectionMover {
     return promise;
   }
 
-  private scheduleFlush(): void {
-    if (this.flushScheduled) return;
-    this.flushScheduled = true;
-    // Collect every transfer decided in this turn of the loop into as few frames as possible.
-    setImmediate(() => {
-      this.flushScheduled = false;
-      this.flush();
-    });
-  }
-
-  /**
-   * flush sends queued connections while the successor has credit and this process has fds to
-   * dup. A dup failing with EMFILE is no failure: the connection waits (frozen, in order) until an
-   * answer frees fds here (each sent dup is closed once in the kernel, each acked socket on ACK).
-   * With nothing in flight to free one, it lends the socket's own fd instead of a dup.
-   */
-  private flush(): void {
-    const maxBody = this.writes.maxBody;
-    while (this.queue.length > 0 && !this.closed && this.credit.batchesInFlight < WINDOW) {
-      const room = Math.min(BATCH, this.credit.available);
-      if (room <= 0) {
-        debug('waiting for fd credit from the successor (%d queued)', this.queue.length);
-        return; // the next CONN_ACK or credit update flushes again
-      }
-      const native = binding();
-      const batch: Moving[] = [];
-      const fds: number[] = [];
-      let bodyBytes = 0;
-      let starved = false;
-      while (this.queue.length > 0 && batch.length < room) {
-        const entry = this.queue[0]!;
-        const bytes = entry.pending.length + entry.carriedBytes;
-        if (bytes > maxBody) {
-          this.queue.shift();
-          this.moving.delete(entry.id);
-          this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the connection's pending and unflushed bytes (${bytes}) exceed what one frame carries (${maxBody})`));
-          continue;
-        }
-        if (batch.length > 0 && bodyBytes + bytes > maxBody) break;
-        let fd: number;
-        try {
-          // A dup travels: the socket's own fd may be closed by the application meanwhile.
-          fd = native.dup(socketFd(entry.socket));
-        } catch (err) {
-          if (isFdExhaustion(err)) {
-            starved = true;
-            break;
-          }
-          this.queue.shift();
-          this.moving.delete(entry.id);
-          this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `cannot duplicate the connection's fd: ${(err as Error).message}`, { cause: err }));
-          continue;
-        }
-        this.queue.shift();
-        batch.push(entry);
-        fds.push(fd);
-        bodyBytes += bytes;
-      }
-      if (batch.length > 0) {
-        this.send(batch, fds, true);
-        continue; // sent dups are closed as soon as they are in the kernel: try again
-      }
-      if (!starved) continue;
-      if (this.credit.batchesInFlight > 0) {
-        debug('no free fd to dup; waiting for answers (%d queued)', this.queue.length);
-        return;
-      }
-      this.lend(this.queue.shift()!);
-    }
-  }
-
-  /** lend sends one connection with its own fd (no fd to spare for a dup); the fd stays open until it is in the kernel. */
-  private lend(entry: Moving): void {
-    const { socket } = entry;
-    debug('no free fd at all: connection %d travels with its own fd', entry.id);
-    const record = socket as unknown as { _destroy: (err: Error | null, cb: (err?: Error | null) => void) => void };
-    let inKernel = false;
-    const original = record._destroy;
-    // Until the fd is in the kernel, closing it would let its number be reused and sent instead.
-    record._destroy = (err, cb) => {
-      if (inKernel) original.call(socket, err, cb);
-      else sent.finally(() => original.call(socket, err, cb));
-    };
-    const sent = this.send([entry], [socketFd(socket)], false).finally(() => {
-      inKernel = true;
-      delete (record as Partial<typeof record>)._destroy;
-    });
-  }
-
-  private send(batch: Moving[], fds: number[], ownsFds: boolean): Promise<void> {
-    const parts: Buffer[] = [];
-    const conns: ConnEntry[] = batch.map((entry) => {
-      entry.phase = 'sent';
-      const conn: ConnEntry = { id: entry.id, key: entry.key, pendingLength: entry.pending.length, writeLength: entry.carriedBytes };
-      if (entry.state !== undefined) conn.state = entry.state;
-      parts.push(entry.pending, ...entry.carried);
-      return conn;
-    });
-    debug('CONN with %d connections', batch.length);
-    this.credit.sent(fds.length);
-    // Owned dups are the channel's now: closed once in the kernel, whatever happens.
-    return this.session.send({ type: 'CONN', conns, body: Buffer.concat(parts), fds }, { closeFdsAfterSend: ownsFds }).then(
-      () => this.scheduleFlush(),
-      (err: Error) => {
-        if (this.closed || this.session.isClosed) return; // close() gives every unacknowledged connection back
-        // Refused by the channel itself (too large): these connections never left.
-        this.credit.unsent(fds.length);
-        for (const entry of batch) {
-          if (!this.moving.delete(entry.id)) continue;
-          this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the connection could not be sent: ${err.message}`, { cause: err }));
-        }
-        this.flush();
-      },
-    );
-  }
-
   /** onMessage handles CONN_ACK and WRITE_ACK from the successor; false for anything else. */
   onMessage(message: Message): boolean {
     if (message.type === 'CONN_ACK') {
       // A CONN_ACK with no ids is a credit update (the successor has fds to spare again).
       const answersBatch = message.acked.length + message.refused.length > 0;
-      this.credit.answered(answersBatch, message.credit);
+      this.outbox.answered(answersBatch, message.credit);
       for (const id of message.acked) this.onAck(id);
       for (const { id, reason } of message.refused) this.onNack(id, reason);
-      this.flush();
+      this.outbox.flush();
       this.settled?.();
       return true;
     }
@@ -354,7 +225,7 @@ export class ConnectionMover {
     this.settling = true;
     const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'retiring ended before the connection could move; it stays here');
     this.giveBackFlushing(err);
-    for (const entry of this.queue.splice(0)) {
+    for (const entry of this.outbox.takeAll()) {
       this.moving.delete(entry.id);
       this.giveBack(entry, err);
     }
@@ -394,7 +265,8 @@ export class ConnectionMover {
     this.closed = true;
     const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor went away before acknowledging the connection; it stays here');
     this.giveBackFlushing(err);
-    this.queue.splice(0);
+    this.outbox.close();
+    this.outbox.takeAll();
     for (const entry of [...this.moving.values()]) {
       this.moving.delete(entry.id);
       // Queued entries have no dup yet; sent ones' dups belong to the channel.
