@@ -165,6 +165,8 @@ export interface RuntimeCapabilities {
   httpIdleTracking: boolean;
   /** One line per internal that is missing or behaves differently, naming it. */
   problems: string[];
+  /** false when the self-test could not make its sockets (no free fd): not cached, asked again next time. */
+  conclusive: boolean;
 }
 
 let cached: RuntimeCapabilities | undefined;
@@ -172,7 +174,8 @@ let cached: RuntimeCapabilities | undefined;
 /**
  * runtimeCapabilities checks, once, on real objects (a net.Socket over a connected unix stream
  * pair made by the addon, a net.Server, an http.Server that never listens), every internal the
- * moves read. A self-test that could not run (no free fd) is not cached, and says so.
+ * moves read. Call it at start-up, while fds are free: a self-test that cannot make its sockets
+ * checks what it can without them and is not cached.
  */
 export function runtimeCapabilities(): RuntimeCapabilities {
   if (cached) return cached;
@@ -183,7 +186,7 @@ export function runtimeCapabilities(): RuntimeCapabilities {
   } catch (err) {
     const code = (err as { code?: string }).code;
     if (code === 'EMFILE' || code === 'ENFILE' || code === 'ENOMEM') conclusive = false;
-    problems.push(`self-test of net.Socket internals failed: ${(err as Error).message}`);
+    else problems.push(`self-test of net.Socket internals failed: ${(err as Error).message}`);
   }
   const httpProblems: string[] = [];
   checkHttpInternals(httpProblems);
@@ -191,9 +194,44 @@ export function runtimeCapabilities(): RuntimeCapabilities {
     moveConnections: problems.length === 0,
     httpIdleTracking: httpProblems.length === 0,
     problems: [...problems, ...httpProblems].map((problem) => `Node.js ${process.version}: ${problem}`),
+    conclusive,
   };
   if (conclusive) cached = result;
   return result;
+}
+
+/**
+ * socketProblems: what a live, connected socket lacks of the internals a move reads (the check
+ * used on the connection itself when the self-test could not run).
+ */
+export function socketProblems(socket: net.Socket): string[] {
+  const problems: string[] = [];
+  checkPrototypes(problems);
+  checkLiveSocket(socket, socketFd(socket), problems);
+  return problems;
+}
+
+function checkPrototypes(problems: string[]): void {
+  const proto = net.Socket.prototype as unknown as Record<string, unknown>;
+  for (const name of ['_write', '_writev', '_final', '_destroy', 'unshift', 'setTimeout']) {
+    if (typeof proto[name] !== 'function') problems.push(`net.Socket#${name} is not a function`);
+  }
+  const server = new net.Server();
+  if (typeof (server as unknown as Record<string, unknown>)._connections !== 'number') problems.push('net.Server#_connections is not a number');
+}
+
+function checkLiveSocket(socket: net.Socket, fd: number, problems: string[]): void {
+  const handle = handleOf(socket) as unknown as Record<string, unknown> | null;
+  if (!handle) {
+    problems.push('net.Socket#_handle is missing on a connected socket');
+    return;
+  }
+  if (handle.fd !== fd || fd < 0) problems.push(`net.Socket#_handle.fd is ${String(handle.fd)}, not the socket's fd`);
+  for (const name of ['readStart', 'readStop', 'close']) if (typeof handle[name] !== 'function') problems.push(`net.Socket#_handle.${name} is not a function`);
+  if (typeof handle.writeQueueSize !== 'number') problems.push('net.Socket#_handle.writeQueueSize is not a number');
+  if (handle.reading !== undefined && typeof handle.reading !== 'boolean') problems.push('net.Socket#_handle.reading is not a boolean');
+  const state = readableState(socket) as Record<string, unknown> | undefined;
+  if (!state || typeof state.length !== 'number') problems.push('net.Socket#_readableState.length is not a number');
 }
 
 /** A connected unix stream pair made without the network: listen, connect, accept on a private name. */
@@ -236,31 +274,18 @@ function streamPair(): { a: number; b: number; disown: (fd: number) => void; cle
 }
 
 function checkSocketInternals(problems: string[]): void {
-  const proto = net.Socket.prototype as unknown as Record<string, unknown>;
-  for (const name of ['_write', '_writev', '_final', '_destroy', 'unshift', 'setTimeout']) {
-    if (typeof proto[name] !== 'function') problems.push(`net.Socket#${name} is not a function`);
-  }
-  const server = new net.Server();
-  if (typeof (server as unknown as Record<string, unknown>)._connections !== 'number') problems.push('net.Server#_connections is not a number');
+  checkPrototypes(problems);
   const pair = streamPair();
   let socket: net.Socket | undefined;
   try {
     socket = adoptSocket(pair.b, false);
     pair.disown(pair.b); // the socket closes it
+    checkLiveSocket(socket, pair.b, problems);
     const handle = handleOf(socket) as unknown as Record<string, unknown> | null;
-    if (!handle) {
-      problems.push('net.Socket#_handle is missing on a socket made from an fd');
-      return;
-    }
-    if (handle.fd !== pair.b) problems.push(`net.Socket#_handle.fd is ${String(handle.fd)}, not the socket's fd`);
-    for (const name of ['readStart', 'readStop', 'close']) if (typeof handle[name] !== 'function') problems.push(`net.Socket#_handle.${name} is not a function`);
-    if (typeof handle.writeQueueSize !== 'number') problems.push('net.Socket#_handle.writeQueueSize is not a number');
+    if (!handle) return;
     // manualStart: a socket made for adoption must not read before it is told to.
     if (handle.reading === true) problems.push('the manualStart option no longer keeps a socket from reading');
-    if (handle.reading !== undefined && typeof handle.reading !== 'boolean') problems.push('net.Socket#_handle.reading is not a boolean');
     if (typeof handle.readStop === 'function' && (handle.readStop as () => number).call(handle) !== 0) problems.push('net.Socket#_handle.readStop() did not return 0');
-    const state = readableState(socket) as Record<string, unknown> | undefined;
-    if (!state || typeof state.length !== 'number') problems.push('net.Socket#_readableState.length is not a number');
     socket.setTimeout(1234);
     if (socketTimeout(socket) !== 1234) problems.push('net.Socket#timeout does not report the value given to setTimeout()');
     socket.setTimeout(0);

@@ -3,6 +3,7 @@
 import { test, describe, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Sandbox, fixtures, root } from './helpers.mjs';
@@ -123,6 +124,25 @@ describe('moving connections under fd pressure', () => {
     assert.equal(staying.filter((client) => client.closed).length, 0, report);
     assert.deepEqual(staying.flatMap((client) => client.errors), []);
     assert.ok(!group.lines.some((line) => /^rollback|^warning/.test(line)), group.lines.join('\n'));
+  });
+});
+
+describe('moving connections with almost no free fd in the predecessor', () => {
+  test('a predecessor 3 fds below its limit dups what fits and waits for answers: all 250 move, none closed', { timeout: 120_000 }, async () => {
+    const first = await startServer({ SUCCESSOR_NOFILE: '1024', GRACEFUL_TIMEOUT: '20000', EXIT_ON_RETIRED: '1' });
+    const open = await openClients(first.port, 250, first.pid);
+    // Room for the control connection and the kept listener, and hardly a dup more.
+    const limit = fs.readdirSync(`/proc/${first.pid}/fd`).length + 3;
+    execFileSync('prlimit', ['--pid', String(first.pid), `--nofile=${limit}:4096`]);
+    const since = group.lines.length;
+    process.kill(first.pid, 'SIGHUP');
+    const [, next] = await group.waitForLine(/^ready pid=(\d+) .*gen=successor/, { since, timeout: 30_000 });
+    const [report] = await group.waitForLine(/^retired .*/, { since, timeout: 90_000 });
+    assert.equal(report, 'retired closed=0 moved=250 remaining=0');
+    const answers = await Promise.all(open.map((client) => client.request()));
+    assert.deepEqual(new Set(answers), new Set([Number(next)]));
+    assert.equal(open.filter((client) => client.closed).length, 0);
+    assert.deepEqual(open.flatMap((client) => client.errors), []);
   });
 });
 

@@ -5,7 +5,7 @@ import createDebug from 'debug';
 import { HandoverError } from '../errors';
 import type { Message } from '../protocol';
 import type { ControlSession } from '../session';
-import { detachHandle, handleOf, runtimeCapabilities, socketFd } from '../runtime';
+import { detachHandle, runtimeCapabilities, socketFd, socketProblems } from '../runtime';
 import { Outbox } from './outbox';
 import { freeze, waitWritesFlushed, writesFlushed } from './freeze';
 import { MoveWrites } from './writes';
@@ -27,17 +27,16 @@ export interface MoverOptions {
 
 /**
  * checkInternals: null when this Node.js has every internal a move relies on (runtime.ts checks
- * them once), else the error that names what changed.
+ * them once), else the error that names what changed. Without a conclusive self-test (no fd was
+ * free for it) the socket about to move is checked itself.
  */
 export function checkInternals(socket?: net.Socket): HandoverError | null {
   const capabilities = runtimeCapabilities();
-  if (!capabilities.moveConnections) {
-    return new HandoverError('ERR_HANDOVER_UNSUPPORTED_RUNTIME', `cannot move connections: ${capabilities.problems.join('; ')}`);
-  }
-  if (socket && !socket.destroyed && handleOf(socket) && socketFd(socket) < 0) {
-    return new HandoverError('ERR_HANDOVER_UNSUPPORTED_RUNTIME', 'the socket handle has no fd');
-  }
-  return null;
+  let problems: string[];
+  if (capabilities.conclusive || !socket) problems = capabilities.moveConnections ? [] : capabilities.problems;
+  else problems = socketProblems(socket);
+  if (problems.length === 0) return null;
+  return new HandoverError('ERR_HANDOVER_UNSUPPORTED_RUNTIME', `cannot move connections: ${problems.join('; ')}`);
 }
 
 /**
