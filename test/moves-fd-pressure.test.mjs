@@ -159,7 +159,10 @@ describe('fds in flight against the sender\'s limit (ETOOMANYREFS)', () => {
     let stderr = '';
     child.stdout.on('data', (chunk) => (stdout += chunk));
     child.stderr.on('data', (chunk) => (stderr += chunk));
+    // A sender stuck for good is ended here, by its pid, and fails the test.
+    const stuck = setTimeout(() => child.kill('SIGKILL'), 20_000);
     const exit = await new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    clearTimeout(stuck);
     assert.deepEqual(exit, { code: 0, signal: null }, `${stdout}\n${stderr}`);
     assert.match(stdout, /^sent frames=10$/m);
     assert.match(stdout, /^received frames=10 fds=200$/m);
