@@ -59,6 +59,21 @@ export function detachHandle(socket: net.Socket): void {
   handle?.close();
 }
 
+/** deferClose: a destroy() before `until` settles closes the handle only then (the fd is lent out). */
+export function deferClose(socket: net.Socket, until: Promise<void>): void {
+  const record = socket as unknown as { _destroy: (err: Error | null, cb: (err?: Error | null) => void) => void };
+  const original = record._destroy;
+  let settled = false;
+  record._destroy = (err, cb) => {
+    if (settled) original.call(socket, err, cb);
+    else void until.finally(() => original.call(socket, err, cb));
+  };
+  void until.finally(() => {
+    settled = true;
+    delete (record as Partial<typeof record>)._destroy;
+  });
+}
+
 /** writeQueueSize: bytes libuv still holds for the kernel. */
 export function writeQueueSize(socket: net.Socket): number {
   return handleOf(socket)?.writeQueueSize ?? 0;

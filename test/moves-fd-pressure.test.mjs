@@ -128,14 +128,15 @@ describe('moving connections under fd pressure', () => {
 });
 
 describe('moving connections with almost no free fd in the predecessor', () => {
-  test('a predecessor 3 fds below its limit dups what fits and waits for answers: all 250 move, none closed', { timeout: 120_000 }, async () => {
-    const first = await startServer({ SUCCESSOR_NOFILE: '1024', GRACEFUL_TIMEOUT: '20000', EXIT_ON_RETIRED: '1' });
+  test('a predecessor with one fd to spare dups what fits and waits for each answer: all 250 move, none closed', { timeout: 120_000 }, async () => {
+    const first = await startServer({ GRACEFUL_TIMEOUT: '20000', EXIT_ON_RETIRED: '1' });
     const open = await openClients(first.port, 250, first.pid);
-    // Room for the control connection and the kept listener, and hardly a dup more.
-    const limit = fs.readdirSync(`/proc/${first.pid}/fd`).length + 3;
+    // Two free fds: the control connection and a listener dup take them; one is left to dup.
+    const limit = fs.readdirSync(`/proc/${first.pid}/fd`).length + 2;
     execFileSync('prlimit', ['--pid', String(first.pid), `--nofile=${limit}:4096`]);
     const since = group.lines.length;
-    process.kill(first.pid, 'SIGHUP');
+    // An external successor (started here, with this test's limits), so the predecessor spawns nothing.
+    group.start([serverScript], { env: { HANDOVER_DIR: first.dir, KEEPALIVE_TIMEOUT: '120000' } });
     const [, next] = await group.waitForLine(/^ready pid=(\d+) .*gen=successor/, { since, timeout: 30_000 });
     const [report] = await group.waitForLine(/^retired .*/, { since, timeout: 90_000 });
     assert.equal(report, 'retired closed=0 moved=250 remaining=0');

@@ -5,7 +5,7 @@ import { binding, isNativeError } from '../native';
 import { HandoverError } from '../errors';
 import type { ConnEntry } from '../protocol';
 import type { ControlSession } from '../session';
-import { socketFd } from '../runtime';
+import { deferClose, socketFd } from '../runtime';
 import { CreditWindow } from './credit';
 import type { Moving } from './types';
 
@@ -137,18 +137,10 @@ export class Outbox {
   private lend(entry: Moving): void {
     const { socket } = entry;
     debug('no free fd at all: connection %d travels with its own fd', entry.id);
-    const record = socket as unknown as { _destroy: (err: Error | null, cb: (err?: Error | null) => void) => void };
-    let inKernel = false;
-    const original = record._destroy;
     // Until the fd is in the kernel, closing it would let its number be reused and sent instead.
-    record._destroy = (err, cb) => {
-      if (inKernel) original.call(socket, err, cb);
-      else sent.finally(() => original.call(socket, err, cb));
-    };
-    const sent = this.send([entry], [socketFd(socket)], false).finally(() => {
-      inKernel = true;
-      delete (record as Partial<typeof record>)._destroy;
-    });
+    let inKernel!: () => void;
+    deferClose(socket, new Promise<void>((resolve) => (inKernel = resolve)));
+    void this.send([entry], [socketFd(socket)], false).finally(inKernel);
   }
 
   private send(batch: Moving[], fds: number[], ownsFds: boolean): Promise<void> {
