@@ -6,7 +6,13 @@ import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { createRequire } from 'node:module';
+import { ChannelListener } from 'handover';
 import { Sandbox, fixtures, root } from './helpers.mjs';
+
+const require = createRequire(import.meta.url);
+const { ControlSession } = require(path.join(root, 'dist/session.js'));
+const { binding } = require(path.join(root, 'dist/native.js'));
 
 const serverScript = path.join(fixtures, 'moves-server.mjs');
 let group;
@@ -167,5 +173,32 @@ describe('fds in flight against the sender\'s limit (ETOOMANYREFS)', () => {
     assert.deepEqual(exit, { code: 0, signal: null }, `${stdout}\n${stderr}`);
     assert.match(stdout, /^sent frames=10$/m);
     assert.match(stdout, /^received frames=10 fds=200$/m);
+  });
+});
+
+describe('a predecessor without a single free fd', () => {
+  test('the connection travels with its own fd (no dup possible) and is closed there once acknowledged', { timeout: 30_000 }, async () => {
+    group = sandbox.group();
+    const dir = sandbox.dir();
+    const listener = new ChannelListener(path.join(dir, 'control.sock'));
+    const accepted = new Promise((resolve) => listener.once('channel', resolve));
+    const child = spawn('prlimit', ['--nofile=128:128', process.execPath, path.join(fixtures, 'lend-mover.mjs'), path.join(dir, 'control.sock')], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+    group.track(child.pid);
+    const lines = [];
+    child.stdout.setEncoding('utf8').on('data', (chunk) => lines.push(...chunk.split('\n').filter(Boolean)));
+    const session = new ControlSession(await accepted, 'test');
+    const conn = await session.next(['CONN'], 10_000, 'CONN');
+    assert.equal(conn.fds.length, 1);
+    const port = Number(/^filled free=0 port=(\d+)$/.exec(lines[0] ?? '')?.[1]);
+    // What arrived is the moving connection itself: a connected stream socket on its server's port.
+    const info = binding().socketInfo(conn.fds[0]);
+    assert.deepEqual([info.type, info.listening, info.port], ['stream', false, port]);
+    await session.send({ type: 'CONN_ACK', acked: conn.conns.map(({ id }) => id), refused: [] });
+    const exit = await new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+    assert.equal(exit, 0);
+    assert.deepEqual(lines, [`filled free=0 port=${port}`, 'moved']);
+    fs.closeSync(conn.fds[0]);
+    session.close();
+    listener.close();
   });
 });
