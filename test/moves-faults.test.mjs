@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { execFileSync } from 'node:child_process';
 import { ChannelListener } from 'handover';
-import { Sandbox, fixtures, root, waitUntil } from './helpers.mjs';
+import { Sandbox, fixtures, isAlive, root, waitUntil } from './helpers.mjs';
 
 const require = createRequire(import.meta.url);
 const { ControlSession } = require(path.join(root, 'dist/session.js'));
@@ -67,21 +67,23 @@ function request(socket) {
 describe('a successor that answers late or refuses', () => {
   test('a connection unanswered at the settle timeout is closed in the predecessor, never read there again; the late successor serves it', { timeout: 30_000 }, async () => {
     // Settle waits READY_TIMEOUT for answers after GRACEFUL_TIMEOUT; the raw successor answers later.
-    const first = await startServer({ READY_TIMEOUT: '500', GRACEFUL_TIMEOUT: '300' });
+    const first = await startServer({ READY_TIMEOUT: '500', GRACEFUL_TIMEOUT: '300', STAY_ALIVE: '1' });
     const socket = await connect(first.port);
     assert.equal(await request(socket), first.pid);
+    const since = group.lines.length;
     const peer = group.start([rawSuccessor, first.dir, 'late']);
-    const [, peerPid] = await group.waitForLine(/^raw ready pid=(\d+)/);
-    await group.waitForLine(/^conn count=1/);
+    const [, peerPid] = await group.waitForLine(/^raw ready pid=(\d+)/, { since });
+    await group.waitForLine(/^conn count=1/, { since });
     // Retired: settle timed out with the connection sent and unanswered. The predecessor stays alive.
-    await group.waitForLine(/^retired /);
+    await group.waitForLine(/^retired /, { since });
     let closed = false;
     socket.once('close', () => (closed = true));
     const answer = request(socket);
     // Give a predecessor that (wrongly) reads the socket again every chance to answer first.
     await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.ok(isAlive(first.pid), 'the predecessor still runs: it could read the connection, and must not');
     process.kill(Number(peerPid), 'SIGUSR2');
-    await group.waitForLine(/^acked count=1/);
+    await group.waitForLine(/^acked count=1/, { since });
     assert.equal(await answer, Number(peerPid), 'the successor that adopted the connection answers; the predecessor never reads it again');
     assert.equal(closed, false);
     socket.destroy();
@@ -146,7 +148,7 @@ describe('a predecessor that sends fds that are not connections', () => {
     await session.send({ type: 'LISTENERS', pid: process.pid, listeners: [], fds: [] });
     await session.next(['READY'], 10_000, 'READY');
     await session.send({ type: 'READY_ACK' });
-    await group.waitForLine(/^ready pid=(\d+) port=(\d+) gen=successor/);
+    await group.waitForLine(/^ready pid=(\d+) port=(\d+) gen=successor/, { since: 0 });
 
     const [readEnd, writeEnd] = pipePair();
     const filePath = path.join(base, 'regular-file');
