@@ -78,7 +78,7 @@ type MessageType = Message['type'];
 export const FROM_SUCCESSOR: Readonly<Record<LinkPhase, readonly MessageType[]>> = {
   connected: ['HELLO', 'PING'],
   offered: ['READY', 'ABORT'],
-  ready: ['CONN_ACK', 'WRITE_ACK', 'ABORT', 'BYE'],
+  ready: ['COMMIT', 'CONN_ACK', 'WRITE_ACK', 'ABORT', 'BYE'],
   released: [],
 };
 

@@ -173,6 +173,11 @@ export class PredecessorLink {
     });
   }
 
+  /** commit tells the predecessor this process owns control.sock and pid now: it may finish retiring. */
+  commit(): void {
+    if (this.phaseValue === 'ready') void this.session.send({ type: 'COMMIT' }).catch(() => undefined);
+  }
+
   /** abort tells the predecessor this process gives up (its listeners are closed): it resumes serving. */
   async abort(reason: string): Promise<void> {
     if (this.session.isClosed) return;

@@ -20,6 +20,7 @@ export const MessageType = {
   ABORT: 11,
   PING: 12,
   PONG: 13,
+  COMMIT: 14,
 } as const;
 export type MessageTypeName = keyof typeof MessageType;
 
@@ -59,6 +60,8 @@ export type Message =
   /** The successor gives up: it closed its listeners and will not serve (the predecessor rolls back). */
   | { type: 'ABORT'; reason: string }
   /** Is a generation alive behind this control socket? Answered with PONG in any state, changing nothing. */
+  /** The successor took over control.sock and pid: the predecessor may finish retiring. */
+  | { type: 'COMMIT' }
   | { type: 'PING' }
   | { type: 'PONG'; pid: number };
 
@@ -226,9 +229,10 @@ export function decode(frame: Frame): Message {
       return { type: name, reason: header.reason };
     }
     case 'PING':
+    case 'COMMIT':
       expectNoFds();
       expectNoBody();
-      return { type: 'PING' };
+      return { type: name };
     case 'PONG': {
       expectNoFds();
       expectNoBody();

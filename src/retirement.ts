@@ -33,6 +33,11 @@ export class Retirement {
   /** The link ended early (rollback, or a successor that left): stop waiting for it. */
   private linkLost = false;
   private finished = false;
+  private decide: () => void = () => undefined;
+  /** Resolves when the owner decided what a link that ended early means (rollback or successorLeft). */
+  private readonly decided = new Promise<void>((resolve) => {
+    this.decide = resolve;
+  });
 
   constructor(
     private readonly link: SuccessorLink,
@@ -76,6 +81,7 @@ export class Retirement {
   successorLeft(): void {
     this.linkLost = true;
     this.mover.close();
+    this.decide();
   }
 
   /** rollback: the successor is gone. Accept again, and serve every connection that did not move. */
@@ -86,6 +92,7 @@ export class Retirement {
     this.tracker.changed();
     this.servers.resumeAccepting(report);
     for (const entry of this.servers.values()) entry.adapter?.resume();
+    this.decide();
   }
 
   private async run(): Promise<void> {
@@ -93,6 +100,11 @@ export class Retirement {
     if (this.finished) return;
     // Connections already sent get their answer before anything is let go.
     await this.mover.settle(this.options.answerTimeout);
+    // Never before the successor took over the directory (or the link ended, which decides).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.link.commitSettled, new Promise((resolve) => (timer = setTimeout(resolve, this.options.answerTimeout)))]);
+    clearTimeout(timer);
+    if (!this.link.committed && this.link.end !== undefined) await this.decided;
     if (this.finished) return;
     this.finished = true;
     this.mover.close();

@@ -47,6 +47,15 @@ export class SuccessorLink {
   private phaseValue: LinkPhase = 'connected';
   private endValue: LinkEnd | undefined;
   private readonly timer: NodeJS.Timeout;
+  private committedValue = false;
+  private settleCommitted: () => void = () => undefined;
+  /**
+   * Resolves once the successor said COMMIT (it owns control.sock and pid) or the link ended:
+   * retiring never finishes before it, or a successor that fails to take over would leave nobody.
+   */
+  readonly commitSettled = new Promise<void>((resolve) => {
+    this.settleCommitted = resolve;
+  });
 
   constructor(channel: FdChannel, credentials: { uid: number; pid: number }, readyTimeout: number, private readonly hooks: SuccessorLinkHooks) {
     this.session = new ControlSession(channel, 'predecessor');
@@ -64,6 +73,11 @@ export class SuccessorLink {
 
   get phase(): LinkPhase {
     return this.phaseValue;
+  }
+
+  /** Whether the successor said COMMIT. */
+  get committed(): boolean {
+    return this.committedValue;
   }
 
   /** How the link ended, once it has. */
@@ -130,6 +144,10 @@ export class SuccessorLink {
         fault('ready-sent', 'predecessor', this.peerPid);
         this.hooks.ready(this);
         return;
+      case 'COMMIT':
+        this.committedValue = true;
+        this.settleCommitted();
+        return;
       case 'ABORT':
       case 'BYE':
         debug('successor pid %d: %s %s', this.pid, message.type, message.reason);
@@ -180,6 +198,7 @@ export class SuccessorLink {
 
   private onClose(error: Error | undefined): void {
     clearTimeout(this.timer);
+    this.settleCommitted();
     this.phaseValue = 'released';
     if (this.endValue === undefined) {
       this.endValue = this.session.closedLocally

@@ -145,7 +145,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     await this.started;
     if (this.state !== 'starting') throw new HandoverError('ERR_HANDOVER_INVALID_STATE', `ready() is not possible while ${this.state}`);
     const predecessor = this.predecessor;
-    fault('servers-built', 'successor', predecessor?.peerPid);
+    if (predecessor) fault('servers-built', 'successor', predecessor.peerPid);
     // Everything that can fail is done before READY, while the predecessor still serves unchanged.
     let prepared;
     try {
@@ -170,7 +170,10 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       await predecessor?.abort(`cannot take over the control directory: ${(err as Error).message}`);
       throw new HandoverError('ERR_HANDOVER_DIR_UNSAFE', `cannot take over ${this.dir}: ${(err as Error).message}`, { cause: err });
     }
-    fault('control-taken', 'successor', predecessor?.peerPid);
+    if (predecessor) {
+      fault('control-taken', 'successor', predecessor.peerPid);
+      predecessor.commit();
+    }
     this.listenForSuccessors(this.control);
     const unclaimed = [...this.inherited.values()];
     this.inherited.clear();
