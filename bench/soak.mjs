@@ -1,0 +1,345 @@
+#!/usr/bin/env node
+// Soak: N upgrades in a row of one server under mixed load, checking that nothing fails, leaks or grows.
+//   npm run soak                               # 200 upgrades
+//   node bench/soak.mjs --upgrades 15          # what test/soak.test.mjs runs (through soak())
+// Options: --upgrades N (200), --wrk-connections C (16), --rpc-clients R (4), --slow-ms S (300),
+//          --dwell-ms D (250), --rss-tolerance F (0.10)
+// The server is test/fixtures/soak-server.mjs: the RPC example (examples/rpc-server.mjs) unchanged,
+// with an HTTP server on the same upgrader. One process serving both, rather than the two examples
+// side by side, because what only a soak can find is in the mix: every retirement moves wrk's
+// keep-alive connections (the HTTP adapter) and the Bolt connections with slow calls in flight (the
+// example's own transferConnection() with late writes) together, over one control channel, with
+// two listeners; and "the serving process" whose fds and RSS must stay flat is then one process.
+// Load, all through every upgrade:
+//   wrk, 1 thread, C keep-alive connections on GET / (counts every failed request);
+//   sofa-rpc-node, R clients (one TCP connection each), each running an echo loop and two slow(S)
+//   loops half a call apart, so that slow calls are in flight at every upgrade.
+// Each generation is measured at the same point of its life: its predecessor has retired and exited,
+// it has served alone for D ms; then a full GC (SIGUSR2, see the fixture) and its RSS and heap, and
+// its fd count from /proc/PID/fd. Then SIGHUP.
+// Checked (exit code 1 and a list of problems otherwise):
+//   wrk: 0 connect/read/write/timeout errors, 0 non-2xx; rpc: 0 failed calls, every client on the
+//   very TCP connection it opened; every retirement moved all C + R connections (0 closed, 0 left);
+//   no 'upgrade failed', rollback or warning logged; the fd count of every generation after the
+//   first upgrade equal to that after upgrade 1; the RSS of every generation within F of the first
+//   generation's; every generation but the last exited by itself (the last is killed here, by pid).
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { ProcessGroup, fdList, fixtures, sleep, tmpDir, waitUntil } from '../test/helpers.mjs';
+import { parseWrk } from '../test/wrk.mjs';
+
+const require = createRequire(import.meta.url);
+const { RpcClient } = require('sofa-rpc-node').client;
+
+const HOST = '127.0.0.1';
+const IFACE = 'com.example.Echo';
+const server = path.join(fixtures, 'soak-server.mjs');
+
+/**
+ * exited tells whether a process is gone or a zombie. Successors are orphaned when their
+ * predecessor exits, and where pid 1 reaps no orphans they stay zombies: `kill(pid, 0)` still
+ * succeeds on those, though they hold nothing any more.
+ */
+export function exited(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] === 'Z';
+  } catch {
+    return true;
+  }
+}
+
+const MB = (bytes) => (bytes / 1048576).toFixed(1);
+
+// ---- load: wrk ------------------------------------------------------------------------------------
+
+/** startWrk runs wrk until stop() (SIGINT: wrk then prints its report and exits 0). */
+function startWrk({ url, connections }) {
+  // A generous timeout: a request slower than wrk's default 2 s on a loaded 2-core machine is
+  // latency, not a failed request; a request that never gets its answer still counts.
+  const child = spawn('wrk', ['-t1', `-c${connections}`, '-d86400s', '--timeout', '30s', url], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (chunk) => (out += chunk));
+  child.stderr.on('data', (chunk) => (out += chunk));
+  const result = new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code, signal) => {
+      if (code !== 0) reject(new Error(`wrk exited with ${code ?? signal}:\n${out}`));
+      else resolve(parseWrk(out));
+    });
+  });
+  result.catch(() => undefined); // read by stop(); a wrk that dies early is reported there
+  return {
+    child,
+    stop: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
+      return result;
+    },
+  };
+}
+
+// ---- load: sofa-rpc-node -----------------------------------------------------------------------
+
+async function startClient(port) {
+  const warnings = [];
+  const keep = (...args) => warnings.push(args.map(String).join(' '));
+  const client = new RpcClient({ logger: { info() {}, debug() {}, warn: keep, error: keep } });
+  const consumer = client.createConsumer({
+    interfaceName: IFACE,
+    serverHost: `${HOST}:${port}`,
+    responseTimeout: 10_000,
+    retryFaultInterval: 200, // only shortens a sleep loop that would keep this process alive after close()
+  });
+  await consumer.ready();
+  const connections = () => [...client.connectionManager.connections.values()];
+  const [connection] = connections();
+  const state = { client, consumer, warnings, connections, connection, localPort: connection._socket.localPort, socketClosed: false };
+  connection._socket.once('close', () => (state.socketClosed = true));
+  return state;
+}
+
+async function counted(stats, promise, expected) {
+  stats.calls++;
+  try {
+    const value = await promise;
+    if (value !== expected) throw new Error(`wrong answer ${JSON.stringify(value)}, expected ${JSON.stringify(expected)}`);
+    stats.ok++;
+  } catch (err) {
+    stats.failed++;
+    if (stats.errors.length < 20) stats.errors.push(`${err.name}: ${err.message}`);
+    await sleep(20); // a refused call fails at once: do not spin
+  }
+}
+
+/** startRpcLoad runs on every client one echo loop and two slow(slowMs) loops half a call apart. */
+function startRpcLoad(clients, slowMs) {
+  const stats = { echo: { calls: 0, ok: 0, failed: 0, errors: [] }, slow: { calls: 0, ok: 0, failed: 0, errors: [] } };
+  let running = true;
+  const loops = [];
+  clients.forEach((c, i) => {
+    loops.push((async () => {
+      for (let n = 0; running; n++) await counted(stats.echo, c.consumer.invoke('echo', [`c${i}-${n}`]), `c${i}-${n}`);
+    })());
+    for (let s = 0; s < 2; s++) {
+      loops.push((async () => {
+        if (s === 1) await sleep(slowMs / 2);
+        while (running) await counted(stats.slow, c.consumer.invoke('slow', [slowMs]), slowMs);
+      })());
+    }
+  });
+  return {
+    stats,
+    stop: async () => {
+      running = false;
+      await Promise.all(loops);
+    },
+  };
+}
+
+// ---- the soak ------------------------------------------------------------------------------------
+
+/**
+ * soak runs `upgrades` upgrades under load and resolves with every figure and the list of
+ * `problems` (empty when every check held). Every process it starts is ended by pid before it
+ * resolves or rejects.
+ */
+export async function soak({
+  upgrades = 200,
+  wrkConnections = 16,
+  rpcClients = 4,
+  slowMs = 300,
+  dwellMs = 250,
+  rssTolerance = 0.1,
+  log = (line) => console.log(line),
+} = {}) {
+  const started = Date.now();
+  const base = tmpDir('handover-soak-');
+  const group = new ProcessGroup();
+  const clients = [];
+  let wrk;
+  let rpc;
+  const problems = [];
+  const generations = []; // { pid, fds, rss, heapUsed, ..., readyMs, retiredMs, moved, closed, left }
+  const stderr = () => group.stderr.join('');
+
+  async function waitForLog(regex, timeout = 20_000) {
+    let match = null;
+    await waitUntil(() => (match = regex.exec(stderr())) !== null, timeout, `${regex} on the servers' stderr`).catch((err) => {
+      err.message += `\nstderr:\n${stderr().slice(-4000)}`;
+      throw err;
+    });
+    return match;
+  }
+
+  /** measure: a full GC in `pid`, then its memory (its own figures) and fds (from /proc, here). */
+  async function measure(pid) {
+    const since = group.lines.length;
+    process.kill(pid, 'SIGUSR2');
+    const [, ...figures] = await group.waitForLine(
+      new RegExp(`^stats pid=${pid} rss=(\\d+) heapUsed=(\\d+) heapTotal=(\\d+) external=(\\d+) arrayBuffers=(\\d+) http=(\\d+) httpConnections=(-?\\d+)$`),
+      { since },
+    );
+    const [rss, heapUsed, heapTotal, external, arrayBuffers, http, httpConnections] = figures.map(Number);
+    const fds = fdList(pid);
+    return { pid, rss, heapUsed, heapTotal, external, arrayBuffers, http, httpConnections, fds: fds.length, fdList: fds };
+  }
+
+  const rpcFigures = () => `rpc echo ${rpc.stats.echo.ok} ok ${rpc.stats.echo.failed} failed, slow ${rpc.stats.slow.ok} ok ${rpc.stats.slow.failed} failed`;
+  const describe = (g) => {
+    const rssDelta = generations.length > 0 ? ` (${(((g.rss - generations[0].rss) / generations[0].rss) * 100).toFixed(1)} %)` : '';
+    return `fds ${g.fds}, rss ${MB(g.rss)} MB${rssDelta}, heap ${MB(g.heapUsed)} MB, http ${g.http} requests on ${g.httpConnections} connections`;
+  };
+
+  try {
+    group.start(['--expose-gc', server, '--port', '0', '--host', HOST, '--dir', path.join(base, 'ctl')]);
+    const [, firstPid, boltPort] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)$/);
+    const [, httpPort] = await group.waitForLine(new RegExp(`^http pid=${firstPid} port=(\\d+)$`), { since: 0 });
+    let current = Number(firstPid);
+
+    for (let i = 0; i < rpcClients; i++) clients.push(await startClient(Number(boltPort)));
+    rpc = startRpcLoad(clients, slowMs);
+    wrk = startWrk({ url: `http://${HOST}:${httpPort}/`, connections: wrkConnections });
+    // Every wrk connection accepted before the first upgrade: each retirement must move them all.
+    await waitUntil(async () => (await measure(current)).httpConnections === wrkConnections, 10_000, `${wrkConnections} wrk connections`);
+    await sleep(dwellMs);
+    const first = { ...(await measure(current)), readyMs: 0, retiredMs: 0 };
+    log(`generation 0: pid ${current}, ${describe(first)}; ${rpcFigures()}`);
+    generations.push(first);
+
+    for (let n = 1; n <= upgrades; n++) {
+      const predecessor = current;
+      const since = group.lines.length;
+      const sighup = Date.now();
+      process.kill(predecessor, 'SIGHUP');
+      const [, next] = await group.waitForLine(/^ready pid=(\d+) port=\d+$/, { since, timeout: 20_000 });
+      current = Number(next);
+      const readyMs = Date.now() - sighup;
+      const [, moved, closed, left] = (await waitForLog(new RegExp(`\\[rpc-server ${predecessor}\\] retired: (\\d+) connections moved, (\\d+) closed, (\\d+) left`))).map(Number);
+      const retiredMs = Date.now() - sighup;
+      await waitForLog(new RegExp(`\\[rpc-server ${current}\\] predecessor ${predecessor} retired`));
+      await waitUntil(() => exited(predecessor), 10_000, `pid ${predecessor} to exit`);
+      Object.assign(generations.at(-1), { moved, closed, left });
+      await sleep(dwellMs);
+      const generation = { ...(await measure(current)), readyMs, retiredMs };
+      log(`upgrade ${n}/${upgrades}: ${predecessor} -> ${current}, ready ${readyMs} ms, retired ${retiredMs} ms (moved ${moved}, closed ${closed}, left ${left}); ${describe(generation)}; ${rpcFigures()}`);
+      generations.push(generation);
+    }
+
+    await rpc.stop();
+    const wrkReport = await wrk.stop();
+    const last = generations.at(-1);
+
+    // ---- checks ----
+    const { connect, read, write, timeout, non2xx, requests } = wrkReport;
+    if (!(requests > 0) || connect + read + write + timeout + non2xx > 0) {
+      problems.push(`wrk: ${requests} requests, errors connect ${connect} read ${read} write ${write} timeout ${timeout}, non-2xx ${non2xx}`);
+    }
+    for (const kind of ['echo', 'slow']) {
+      const s = rpc.stats[kind];
+      if (s.failed > 0 || s.ok === 0) problems.push(`rpc ${kind}: ${s.ok} ok, ${s.failed} failed: ${s.errors.join('; ')}`);
+    }
+    for (const [i, c] of clients.entries()) {
+      const same = c.connections().length === 1 && c.connections()[0] === c.connection && c.connection._socket.localPort === c.localPort;
+      if (c.socketClosed || !same) problems.push(`rpc client ${i}: its connection (port ${c.localPort}) ${c.socketClosed ? 'closed' : 'was replaced'}`);
+      if (c.warnings.length > 0) problems.push(`rpc client ${i} warnings: ${c.warnings.slice(0, 5).join('; ')}`);
+    }
+    const everyConnection = wrkConnections + rpcClients;
+    generations.slice(0, -1).forEach((g, k) => {
+      if (g.moved !== everyConnection || g.closed !== 0 || g.left !== 0) {
+        problems.push(`generation ${k} (pid ${g.pid}) retired with ${g.moved} connections moved, ${g.closed} closed, ${g.left} left; expected ${everyConnection} moved`);
+      }
+    });
+    for (const line of stderr().split('\n')) {
+      if (/upgrade failed|rollback|lost \(|warning \(|went away/.test(line)) problems.push(`logged: ${line}`);
+    }
+    if (generations.length > 1) {
+      const reference = generations[1];
+      generations.slice(2).forEach((g, i) => {
+        if (g.fds === reference.fds) return;
+        const had = new Set(reference.fdList.map((entry) => entry.replace(/^\d+ -> /, '')));
+        const extra = g.fdList.filter((entry) => !had.has(entry.replace(/^\d+ -> /, '')));
+        problems.push(`generation ${i + 2} (pid ${g.pid}) holds ${g.fds} fds, generation 1 ${reference.fds}; not in generation 1: ${extra.join(', ')}`);
+      });
+    }
+    const rssLimit = first.rss * (1 + rssTolerance);
+    for (const [k, g] of generations.entries()) {
+      if (Math.abs(g.rss - first.rss) > first.rss * rssTolerance) {
+        problems.push(`generation ${k} (pid ${g.pid}): rss ${MB(g.rss)} MB, not within ${rssTolerance * 100} % of generation 0's ${MB(first.rss)} MB`);
+      }
+    }
+    for (const g of generations.slice(0, -1)) if (!exited(g.pid)) problems.push(`pid ${g.pid} is still running after it retired`);
+
+    // The last generation: ended here, by pid.
+    process.kill(last.pid, 'SIGKILL');
+    await waitUntil(() => exited(last.pid), 10_000, `the last generation (pid ${last.pid}) to exit`);
+    const leftBehind = [...group.pids].filter((pid) => !exited(pid));
+    if (leftBehind.length > 0) problems.push(`processes left behind: ${leftBehind.join(' ')}`);
+
+    const rssValues = generations.map((g) => g.rss);
+    const summary = {
+      upgrades,
+      seconds: (Date.now() - started) / 1000,
+      wrk: { requests, connect, read, write, timeout, non2xx },
+      rpc: { echo: { ...rpc.stats.echo }, slow: { ...rpc.stats.slow } },
+      fds: { first: first.fds, afterUpgrade1: generations[1]?.fds, last: last.fds, min: Math.min(...generations.map((g) => g.fds)), max: Math.max(...generations.map((g) => g.fds)) },
+      rss: { first: first.rss, last: last.rss, min: Math.min(...rssValues), max: Math.max(...rssValues), limit: rssLimit },
+      readyMs: median(generations.slice(1).map((g) => g.readyMs)),
+      retiredMs: median(generations.slice(1).map((g) => g.retiredMs)),
+    };
+    log(
+      `soak: ${upgrades} upgrades in ${summary.seconds.toFixed(1)} s; wrk ${requests} requests (errors ${connect}/${read}/${write}/${timeout}, non-2xx ${non2xx}); ` +
+        `${rpcFigures()}; fds ${first.fds} at first, ${summary.fds.afterUpgrade1} after upgrade 1, ${last.fds} at the end (${summary.fds.min}..${summary.fds.max}); ` +
+        `rss ${MB(first.rss)} MB at first, ${MB(last.rss)} MB at the end (${MB(summary.rss.min)}..${MB(summary.rss.max)}); ` +
+        `median ready ${summary.readyMs} ms, retired ${summary.retiredMs} ms after SIGHUP; ${problems.length} problems`,
+    );
+    for (const problem of problems) log(`problem: ${problem}`);
+    return { summary, generations, problems };
+  } finally {
+    await rpc?.stop();
+    await Promise.all(clients.map((c) => c.client.close().catch(() => undefined)));
+    if (wrk) await wrk.stop().catch(() => undefined);
+    // Every process seen (the first generation and every successor that said `pid=N`), by pid.
+    for (const pid of group.pids) {
+      if (!exited(pid)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+      }
+    }
+    await waitUntil(() => [...group.pids].every(exited), 5000, 'the soak processes to end').catch(() => undefined);
+    fs.rmSync(base, { recursive: true, force: true });
+  }
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length ? sorted[Math.floor(sorted.length / 2)] : NaN;
+}
+
+if (process.argv[1] && pathToFileURL(path.resolve(process.argv[1])).href === import.meta.url) {
+  const { values } = parseArgs({
+    options: {
+      upgrades: { type: 'string', default: '200' },
+      'wrk-connections': { type: 'string', default: '16' },
+      'rpc-clients': { type: 'string', default: '4' },
+      'slow-ms': { type: 'string', default: '300' },
+      'dwell-ms': { type: 'string', default: '250' },
+      'rss-tolerance': { type: 'string', default: '0.1' },
+    },
+  });
+  const { problems } = await soak({
+    upgrades: Number(values.upgrades),
+    wrkConnections: Number(values['wrk-connections']),
+    rpcClients: Number(values['rpc-clients']),
+    slowMs: Number(values['slow-ms']),
+    dwellMs: Number(values['dwell-ms']),
+    rssTolerance: Number(values['rss-tolerance']),
+  });
+  process.exitCode = problems.length === 0 ? 0 : 1;
+}
