@@ -20,9 +20,10 @@
 // Checked (exit code 1 and a list of problems otherwise):
 //   wrk: 0 connect/read/write/timeout errors, 0 non-2xx; rpc: 0 failed calls, every client on the
 //   very TCP connection it opened; every retirement moved all C + R connections (0 closed, 0 left);
-//   no 'upgrade failed', rollback or warning logged; the fd count of every generation after the
-//   first upgrade equal to that after upgrade 1; the RSS of every generation within F of the first
-//   generation's; every generation but the last exited by itself (the last is killed here, by pid).
+//   each retirement began with calls in flight; no 'upgrade failed', rollback or warning logged;
+//   the fd count of every generation (the first one too) equal to that after upgrade 1; the RSS of
+//   every generation within F of the first generation's; every generation but the last exited by
+//   itself (the last is killed here, by pid).
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -41,8 +42,8 @@ const server = path.join(fixtures, 'soak-server.mjs');
 
 /**
  * exited tells whether a process is gone or a zombie. Successors are orphaned when their
- * predecessor exits, and where pid 1 reaps no orphans they stay zombies: `kill(pid, 0)` still
- * succeeds on those, though they hold nothing any more.
+ * predecessor exits, and until pid 1 reaps them (late, or never, in some containers) they are
+ * zombies: `kill(pid, 0)` still succeeds on those, though they hold nothing any more.
  */
 export function exited(pid) {
   try {
@@ -220,12 +221,14 @@ export async function soak({
       const readyMs = Date.now() - sighup;
       const [, moved, closed, left] = (await waitForLog(new RegExp(`\\[rpc-server ${predecessor}\\] retired: (\\d+) connections moved, (\\d+) closed, (\\d+) left`))).map(Number);
       const retiredMs = Date.now() - sighup;
+      // Logged by the example when retiring starts: its Bolt connections and the calls in flight on them.
+      const [, boltMoving, callsInFlight] = (await waitForLog(new RegExp(`\\[rpc-server ${predecessor}\\] retiring: moving (\\d+) connections \\((\\d+) calls in flight\\)`))).map(Number);
       await waitForLog(new RegExp(`\\[rpc-server ${current}\\] predecessor ${predecessor} retired`));
       await waitUntil(() => exited(predecessor), 10_000, `pid ${predecessor} to exit`);
-      Object.assign(generations.at(-1), { moved, closed, left });
+      Object.assign(generations.at(-1), { moved, closed, left, boltMoving, callsInFlight });
       await sleep(dwellMs);
       const generation = { ...(await measure(current)), readyMs, retiredMs };
-      log(`upgrade ${n}/${upgrades}: ${predecessor} -> ${current}, ready ${readyMs} ms, retired ${retiredMs} ms (moved ${moved}, closed ${closed}, left ${left}); ${describe(generation)}; ${rpcFigures()}`);
+      log(`upgrade ${n}/${upgrades}: ${predecessor} -> ${current}, ready ${readyMs} ms, retired ${retiredMs} ms (moved ${moved} with ${callsInFlight} rpc calls in flight, closed ${closed}, left ${left}); ${describe(generation)}; ${rpcFigures()}`);
       generations.push(generation);
     }
 
@@ -252,17 +255,17 @@ export async function soak({
       if (g.moved !== everyConnection || g.closed !== 0 || g.left !== 0) {
         problems.push(`generation ${k} (pid ${g.pid}) retired with ${g.moved} connections moved, ${g.closed} closed, ${g.left} left; expected ${everyConnection} moved`);
       }
+      if (g.boltMoving !== rpcClients || g.callsInFlight === 0) {
+        problems.push(`generation ${k} (pid ${g.pid}) started retiring with ${g.boltMoving} Bolt connections and ${g.callsInFlight} calls in flight; expected ${rpcClients}, with calls in flight`);
+      }
     });
     for (const line of stderr().split('\n')) {
       if (/upgrade failed|rollback|lost \(|warning \(|went away/.test(line)) problems.push(`logged: ${line}`);
     }
     if (generations.length > 1) {
       const reference = generations[1];
-      generations.slice(2).forEach((g, i) => {
-        if (g.fds === reference.fds) return;
-        const had = new Set(reference.fdList.map((entry) => entry.replace(/^\d+ -> /, '')));
-        const extra = g.fdList.filter((entry) => !had.has(entry.replace(/^\d+ -> /, '')));
-        problems.push(`generation ${i + 2} (pid ${g.pid}) holds ${g.fds} fds, generation 1 ${reference.fds}; not in generation 1: ${extra.join(', ')}`);
+      generations.forEach((g, k) => {
+        if (g.fds !== reference.fds) problems.push(`generation ${k} (pid ${g.pid}) holds ${g.fds} fds, generation 1 ${reference.fds}: ${fdDifference(g.fdList, reference.fdList)}`);
       });
     }
     const rssLimit = first.rss * (1 + rssTolerance);
@@ -315,6 +318,35 @@ export async function soak({
     await waitUntil(() => [...group.pids].every(exited), 5000, 'the soak processes to end').catch(() => undefined);
     fs.rmSync(base, { recursive: true, force: true });
   }
+}
+
+/**
+ * fdDifference says what a process holds beyond (or short of) the reference: counts by kind (pipes
+ * and sockets are per-process objects, compared by number), and the kernel objects it holds twice
+ * (a moved connection is the very same socket in every generation: a second fd on it is a leak).
+ */
+function fdDifference(list, referenceList) {
+  const targets = (entries) => entries.map((entry) => entry.replace(/^\d+ -> /, ''));
+  const kinds = (entries) => {
+    const counts = new Map();
+    for (const target of targets(entries)) {
+      const kind = target.replace(/:\[\d+\]$/, '');
+      counts.set(kind, (counts.get(kind) ?? 0) + 1);
+    }
+    return counts;
+  };
+  const mine = kinds(list);
+  const theirs = kinds(referenceList);
+  const byKind = [...new Set([...mine.keys(), ...theirs.keys()])]
+    .filter((kind) => mine.get(kind) !== theirs.get(kind))
+    .map((kind) => `${kind} ${mine.get(kind) ?? 0} (generation 1: ${theirs.get(kind) ?? 0})`);
+  const seen = new Map();
+  for (const entry of list) {
+    const [fd, target] = entry.split(' -> ');
+    seen.set(target, [...(seen.get(target) ?? []), fd]);
+  }
+  const twice = [...seen].filter(([target, fds]) => fds.length > 1 && target.startsWith('socket:')).map(([target, fds]) => `${target} at fds ${fds.join(',')}`);
+  return `${byKind.join(', ')}${twice.length ? `; held twice: ${twice.slice(0, 8).join('; ')}${twice.length > 8 ? ` (+${twice.length - 8})` : ''}` : ''}`;
 }
 
 function median(values) {
