@@ -3,7 +3,7 @@
 //   npm run soak                               # 200 upgrades
 //   node bench/soak.mjs --upgrades 15          # what test/soak.test.mjs runs (through soak())
 // Options: --upgrades N (200), --wrk-connections C (16), --rpc-clients R (4), --slow-ms S (300),
-//          --dwell-ms D (250), --rss-tolerance F (0.10)
+//          --dwell-ms D (250), --warm-up W (2000), --rss-tolerance F (0.10)
 // The server is test/fixtures/soak-server.mjs: the RPC example (examples/rpc-server.mjs) unchanged,
 // with an HTTP server on the same upgrader. One process serving both, rather than the two examples
 // side by side, because what only a soak can find is in the mix: every retirement moves wrk's
@@ -15,8 +15,10 @@
 //   sofa-rpc-node, R clients (one TCP connection each), each running an echo loop and two slow(S)
 //   loops half a call apart, so that slow calls are in flight at every upgrade.
 // Each generation is measured at the same point of its life: its predecessor has retired and exited,
-// it has served alone for D ms; then a full GC (SIGUSR2, see the fixture) and its RSS and heap, and
-// its fd count from /proc/PID/fd. Then SIGHUP.
+// it has served alone for at least D ms and answered at least W HTTP requests (V8 grows the young
+// generation with the allocation rate: a generation measured before it took its share of the load
+// shows 3-4 MB less RSS, and how long that takes depends on what else runs on the machine); then a
+// full GC (SIGUSR2, see the fixture), its RSS and heap, and its fd count from /proc/PID/fd. Then SIGHUP.
 // Checked (exit code 1 and a list of problems otherwise):
 //   wrk: 0 connect/read/write/timeout errors, 0 non-2xx; rpc: 0 failed calls, every client on the
 //   very TCP connection it opened; every retirement moved all C + R connections (0 closed, 0 left);
@@ -154,6 +156,7 @@ export async function soak({
   rpcClients = 4,
   slowMs = 300,
   dwellMs = 250,
+  warmUp = 2000,
   rssTolerance = 0.1,
   log = (line) => console.log(line),
 } = {}) {
@@ -189,6 +192,15 @@ export async function soak({
     return { pid, rss, heapUsed, heapTotal, external, arrayBuffers, http, httpConnections, fds: fds.length, fdList: fds };
   }
 
+  /** measureWarm measures `pid` once it served for dwellMs and answered warmUp HTTP requests. */
+  async function measureWarm(pid) {
+    for (;;) {
+      await sleep(dwellMs);
+      const figures = await measure(pid);
+      if (figures.http >= warmUp) return figures;
+    }
+  }
+
   const rpcFigures = () => `rpc echo ${rpc.stats.echo.ok} ok ${rpc.stats.echo.failed} failed, slow ${rpc.stats.slow.ok} ok ${rpc.stats.slow.failed} failed`;
   const describe = (g) => {
     const rssDelta = generations.length > 0 ? ` (${(((g.rss - generations[0].rss) / generations[0].rss) * 100).toFixed(1)} %)` : '';
@@ -206,8 +218,7 @@ export async function soak({
     wrk = startWrk({ url: `http://${HOST}:${httpPort}/`, connections: wrkConnections });
     // Every wrk connection accepted before the first upgrade: each retirement must move them all.
     await waitUntil(async () => (await measure(current)).httpConnections === wrkConnections, 10_000, `${wrkConnections} wrk connections`);
-    await sleep(dwellMs);
-    const first = { ...(await measure(current)), readyMs: 0, retiredMs: 0 };
+    const first = { ...(await measureWarm(current)), readyMs: 0, retiredMs: 0 };
     log(`generation 0: pid ${current}, ${describe(first)}; ${rpcFigures()}`);
     generations.push(first);
 
@@ -226,8 +237,7 @@ export async function soak({
       await waitForLog(new RegExp(`\\[rpc-server ${current}\\] predecessor ${predecessor} retired`));
       await waitUntil(() => exited(predecessor), 10_000, `pid ${predecessor} to exit`);
       Object.assign(generations.at(-1), { moved, closed, left, boltMoving, callsInFlight });
-      await sleep(dwellMs);
-      const generation = { ...(await measure(current)), readyMs, retiredMs };
+      const generation = { ...(await measureWarm(current)), readyMs, retiredMs };
       log(`upgrade ${n}/${upgrades}: ${predecessor} -> ${current}, ready ${readyMs} ms, retired ${retiredMs} ms (moved ${moved} with ${callsInFlight} rpc calls in flight, closed ${closed}, left ${left}); ${describe(generation)}; ${rpcFigures()}`);
       generations.push(generation);
     }
@@ -362,6 +372,7 @@ if (process.argv[1] && pathToFileURL(path.resolve(process.argv[1])).href === imp
       'rpc-clients': { type: 'string', default: '4' },
       'slow-ms': { type: 'string', default: '300' },
       'dwell-ms': { type: 'string', default: '250' },
+      'warm-up': { type: 'string', default: '2000' },
       'rss-tolerance': { type: 'string', default: '0.1' },
     },
   });
@@ -371,6 +382,7 @@ if (process.argv[1] && pathToFileURL(path.resolve(process.argv[1])).href === imp
     rpcClients: Number(values['rpc-clients']),
     slowMs: Number(values['slow-ms']),
     dwellMs: Number(values['dwell-ms']),
+    warmUp: Number(values['warm-up']),
     rssTolerance: Number(values['rss-tolerance']),
   });
   process.exitCode = problems.length === 0 ? 0 : 1;
