@@ -56,6 +56,23 @@ export function exited(pid) {
   }
 }
 
+/**
+ * ours lists the live processes whose command line names `dir`: every generation carries the
+ * soak's own temp dir in its argv (--dir), a successor that never said `ready pid=N` too.
+ */
+function ours(dir) {
+  const pids = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').some((arg) => arg.startsWith(dir)) && !exited(Number(entry))) pids.push(Number(entry));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return pids;
+}
+
 const MB = (bytes) => (bytes / 1048576).toFixed(1);
 
 // ---- load: wrk ------------------------------------------------------------------------------------
@@ -289,7 +306,7 @@ export async function soak({
     // The last generation: ended here, by pid.
     process.kill(last.pid, 'SIGKILL');
     await waitUntil(() => exited(last.pid), 10_000, `the last generation (pid ${last.pid}) to exit`);
-    const leftBehind = [...group.pids].filter((pid) => !exited(pid));
+    const leftBehind = [...new Set([...group.pids].filter((pid) => !exited(pid)).concat(ours(base)))];
     if (leftBehind.length > 0) problems.push(`processes left behind: ${leftBehind.join(' ')}`);
 
     const rssValues = generations.map((g) => g.rss);
@@ -315,8 +332,9 @@ export async function soak({
     await rpc?.stop();
     await Promise.all(clients.map((c) => c.client.close().catch(() => undefined)));
     if (wrk) await wrk.stop().catch(() => undefined);
-    // Every process seen (the first generation and every successor that said `pid=N`), by pid.
-    for (const pid of group.pids) {
+    // Every process seen (the first generation and every successor that said `pid=N`) and any
+    // other that runs with this soak's dir in its argv, by pid.
+    for (const pid of new Set([...group.pids, ...ours(base)])) {
       if (!exited(pid)) {
         try {
           process.kill(pid, 'SIGKILL');
@@ -325,7 +343,7 @@ export async function soak({
         }
       }
     }
-    await waitUntil(() => [...group.pids].every(exited), 5000, 'the soak processes to end').catch(() => undefined);
+    await waitUntil(() => [...group.pids].every(exited) && ours(base).length === 0, 5000, 'the soak processes to end').catch(() => undefined);
     fs.rmSync(base, { recursive: true, force: true });
   }
 }
