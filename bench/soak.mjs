@@ -187,9 +187,10 @@ export async function soak({
   const generations = []; // { pid, fds, rss, heapUsed, ..., readyMs, retiredMs, moved, closed, left }
   const stderr = () => group.stderr.join('');
 
-  async function waitForLog(regex, timeout = 20_000) {
+  /** waitForLog waits for a line of the servers' stderr, written after the offset `from`. */
+  async function waitForLog(regex, from, timeout = 20_000) {
     let match = null;
-    await waitUntil(() => (match = regex.exec(stderr())) !== null, timeout, `${regex} on the servers' stderr`).catch((err) => {
+    await waitUntil(() => (match = regex.exec(stderr().slice(from))) !== null, timeout, `${regex} on the servers' stderr`).catch((err) => {
       err.message += `\nstderr:\n${stderr().slice(-4000)}`;
       throw err;
     });
@@ -242,16 +243,18 @@ export async function soak({
     for (let n = 1; n <= upgrades; n++) {
       const predecessor = current;
       const since = group.lines.length;
+      // Lines of this upgrade only: a pid of an earlier generation may be used again by now.
+      const logFrom = stderr().length;
       const sighup = Date.now();
       process.kill(predecessor, 'SIGHUP');
       const [, next] = await group.waitForLine(/^ready pid=(\d+) port=\d+$/, { since, timeout: 20_000 });
       current = Number(next);
       const readyMs = Date.now() - sighup;
-      const [, moved, closed, left] = (await waitForLog(new RegExp(`\\[rpc-server ${predecessor}\\] retired: (\\d+) connections moved, (\\d+) closed, (\\d+) left`))).map(Number);
+      const [, moved, closed, left] = (await waitForLog(new RegExp(`\\[rpc-server ${predecessor}\\] retired: (\\d+) connections moved, (\\d+) closed, (\\d+) left`), logFrom)).map(Number);
       const retiredMs = Date.now() - sighup;
       // Logged by the example when retiring starts: its Bolt connections and the calls in flight on them.
-      const [, boltMoving, callsInFlight] = (await waitForLog(new RegExp(`\\[rpc-server ${predecessor}\\] retiring: moving (\\d+) connections \\((\\d+) calls in flight\\)`))).map(Number);
-      await waitForLog(new RegExp(`\\[rpc-server ${current}\\] predecessor ${predecessor} retired`));
+      const [, boltMoving, callsInFlight] = (await waitForLog(new RegExp(`\\[rpc-server ${predecessor}\\] retiring: moving (\\d+) connections \\((\\d+) calls in flight\\)`), logFrom)).map(Number);
+      await waitForLog(new RegExp(`\\[rpc-server ${current}\\] predecessor ${predecessor} retired`), logFrom);
       await waitUntil(() => exited(predecessor), 10_000, `pid ${predecessor} to exit`);
       Object.assign(generations.at(-1), { moved, closed, left, boltMoving, callsInFlight });
       const generation = { ...(await measureWarm(current)), readyMs, retiredMs };
@@ -301,12 +304,13 @@ export async function soak({
         problems.push(`generation ${k} (pid ${g.pid}): rss ${MB(g.rss)} MB, not within ${rssTolerance * 100} % of generation 0's ${MB(first.rss)} MB`);
       }
     }
-    for (const g of generations.slice(0, -1)) if (!exited(g.pid)) problems.push(`pid ${g.pid} is still running after it retired`);
-
-    // The last generation: ended here, by pid.
+    // Every earlier generation exited by itself (each was waited for above): the last one is all
+    // that runs; it is ended here, by pid.
+    const running = ours(base);
+    if (running.length !== 1 || running[0] !== last.pid) problems.push(`running before the end: ${running.join(' ')}, expected only the last generation, ${last.pid}`);
     process.kill(last.pid, 'SIGKILL');
     await waitUntil(() => exited(last.pid), 10_000, `the last generation (pid ${last.pid}) to exit`);
-    const leftBehind = [...new Set([...group.pids].filter((pid) => !exited(pid)).concat(ours(base)))];
+    const leftBehind = ours(base);
     if (leftBehind.length > 0) problems.push(`processes left behind: ${leftBehind.join(' ')}`);
 
     const rssValues = generations.map((g) => g.rss);
@@ -332,18 +336,16 @@ export async function soak({
     await rpc?.stop();
     await Promise.all(clients.map((c) => c.client.close().catch(() => undefined)));
     if (wrk) await wrk.stop().catch(() => undefined);
-    // Every process seen (the first generation and every successor that said `pid=N`) and any
-    // other that runs with this soak's dir in its argv, by pid.
-    for (const pid of new Set([...group.pids, ...ours(base)])) {
-      if (!exited(pid)) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // gone meanwhile
-        }
+    // Every process of this soak has its dir in its argv: found so, by pid. (Not group.pids: the pid
+    // of a generation that exited long ago may belong to another process by now.)
+    for (const pid of ours(base)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone meanwhile
       }
     }
-    await waitUntil(() => [...group.pids].every(exited) && ours(base).length === 0, 5000, 'the soak processes to end').catch(() => undefined);
+    await waitUntil(() => ours(base).length === 0, 5000, 'the soak processes to end').catch(() => undefined);
     fs.rmSync(base, { recursive: true, force: true });
   }
 }
