@@ -22,7 +22,7 @@
 // Checked (exit code 1 and a list of problems otherwise):
 //   wrk: 0 connect/read/write/timeout errors, 0 non-2xx; rpc: 0 failed calls, every client on the
 //   very TCP connection it opened; every retirement moved all C + R connections (0 closed, 0 left);
-//   each retirement began with calls in flight; no 'upgrade failed', rollback or warning logged;
+//   retirements with calls in flight (some at least); no 'upgrade failed', rollback or warning logged;
 //   the fd count of every generation (the first one too) equal to that after upgrade 1; the RSS of
 //   every generation within F of the first generation's; every generation but the last exited by
 //   itself (the last is killed here, by pid).
@@ -31,6 +31,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { ProcessGroup, fdList, fixtures, sleep, tmpDir, waitUntil } from '../test/helpers.mjs';
 import { parseWrk } from '../test/wrk.mjs';
@@ -186,6 +187,8 @@ export async function soak({
   const problems = [];
   const generations = []; // { pid, fds, rss, heapUsed, ..., readyMs, retiredMs, moved, closed, left }
   const stderr = () => group.stderr.join('');
+  const lag = monitorEventLoopDelay({ resolution: 10 });
+  lag.enable();
 
   /** waitForLog waits for a line of the servers' stderr, written after the offset `from`. */
   async function waitForLog(regex, from, timeout = 20_000) {
@@ -246,6 +249,7 @@ export async function soak({
       // Lines of this upgrade only: a pid of an earlier generation may be used again by now.
       const logFrom = stderr().length;
       const sighup = Date.now();
+      lag.reset();
       process.kill(predecessor, 'SIGHUP');
       const [, next] = await group.waitForLine(/^ready pid=(\d+) port=\d+$/, { since, timeout: 20_000 });
       current = Number(next);
@@ -256,9 +260,12 @@ export async function soak({
       const [, boltMoving, callsInFlight] = (await waitForLog(new RegExp(`\\[rpc-server ${predecessor}\\] retiring: moving (\\d+) connections \\((\\d+) calls in flight\\)`), logFrom)).map(Number);
       await waitForLog(new RegExp(`\\[rpc-server ${current}\\] predecessor ${predecessor} retired`), logFrom);
       await waitUntil(() => exited(predecessor), 10_000, `pid ${predecessor} to exit`);
-      Object.assign(generations.at(-1), { moved, closed, left, boltMoving, callsInFlight });
+      // How late this process (the clients) ran during the upgrade: to tell a stalled client from
+      // a stalled server.
+      const clientLagMs = Math.round(lag.max / 1e6);
+      Object.assign(generations.at(-1), { moved, closed, left, boltMoving, callsInFlight, clientLagMs });
       const generation = { ...(await measureWarm(current)), readyMs, retiredMs };
-      log(`upgrade ${n}/${upgrades}: ${predecessor} -> ${current}, ready ${readyMs} ms, retired ${retiredMs} ms (moved ${moved} with ${callsInFlight} rpc calls in flight, closed ${closed}, left ${left}); ${describe(generation)}; ${rpcFigures()}`);
+      log(`upgrade ${n}/${upgrades}: ${predecessor} -> ${current}, ready ${readyMs} ms, retired ${retiredMs} ms (moved ${moved} with ${callsInFlight} rpc calls in flight, closed ${closed}, left ${left}; clients ${clientLagMs} ms late at most); ${describe(generation)}; ${rpcFigures()}`);
       generations.push(generation);
     }
 
@@ -285,10 +292,15 @@ export async function soak({
       if (g.moved !== everyConnection || g.closed !== 0 || g.left !== 0) {
         problems.push(`generation ${k} (pid ${g.pid}) retired with ${g.moved} connections moved, ${g.closed} closed, ${g.left} left; expected ${everyConnection} moved`);
       }
-      if (g.boltMoving !== rpcClients || g.callsInFlight === 0) {
-        problems.push(`generation ${k} (pid ${g.pid}) started retiring with ${g.boltMoving} Bolt connections and ${g.callsInFlight} calls in flight; expected ${rpcClients}, with calls in flight`);
-      }
+      if (g.boltMoving !== rpcClients) problems.push(`generation ${k} (pid ${g.pid}) started retiring with ${g.boltMoving} Bolt connections, expected ${rpcClients}`);
     });
+    // Calls in flight at a given retirement are the load's doing, not a promise: the slow loops fall
+    // into step (calls that wait during a move are decoded together by the successor), and a
+    // retirement that starts in the short gap between two of their calls, or while this process
+    // did not run, has none (seen at 1 of 200). A soak where none had any did not test late writes.
+    const retirements = generations.slice(0, -1);
+    const withCalls = retirements.filter((g) => g.callsInFlight > 0).length;
+    if (retirements.length > 0 && withCalls === 0) problems.push(`no retirement had rpc calls in flight: the load did not run`);
     for (const line of stderr().split('\n')) {
       if (/upgrade failed|rollback|lost \(|warning \(|went away/.test(line)) problems.push(`logged: ${line}`);
     }
@@ -323,16 +335,19 @@ export async function soak({
       rss: { first: first.rss, last: last.rss, min: Math.min(...rssValues), max: Math.max(...rssValues), limit: rssLimit },
       readyMs: median(generations.slice(1).map((g) => g.readyMs)),
       retiredMs: median(generations.slice(1).map((g) => g.retiredMs)),
+      retirementsWithCallsInFlight: withCalls,
+      callsInFlightAtRetirement: retirements.reduce((sum, g) => sum + g.callsInFlight, 0),
     };
     log(
       `soak: ${upgrades} upgrades in ${summary.seconds.toFixed(1)} s; wrk ${requests} requests (errors ${connect}/${read}/${write}/${timeout}, non-2xx ${non2xx}); ` +
-        `${rpcFigures()}; fds ${first.fds} at first, ${summary.fds.afterUpgrade1} after upgrade 1, ${last.fds} at the end (${summary.fds.min}..${summary.fds.max}); ` +
+        `${rpcFigures()} (${summary.callsInFlightAtRetirement} in flight at ${withCalls} of ${retirements.length} retirements); fds ${first.fds} at first, ${summary.fds.afterUpgrade1} after upgrade 1, ${last.fds} at the end (${summary.fds.min}..${summary.fds.max}); ` +
         `rss ${MB(first.rss)} MB at first, ${MB(last.rss)} MB at the end (${MB(summary.rss.min)}..${MB(summary.rss.max)}); ` +
         `median ready ${summary.readyMs} ms, retired ${summary.retiredMs} ms after SIGHUP; ${problems.length} problems`,
     );
     for (const problem of problems) log(`problem: ${problem}`);
     return { summary, generations, problems };
   } finally {
+    lag.disable();
     await rpc?.stop();
     await Promise.all(clients.map((c) => c.client.close().catch(() => undefined)));
     if (wrk) await wrk.stop().catch(() => undefined);
