@@ -1,6 +1,7 @@
 // The soak (bench/soak.mjs, `npm run soak` for 200 upgrades), short: 15 upgrades of one server that
 // serves HTTP keep-alive to wrk and Bolt to sofa-rpc-node with slow calls in flight. No failed
 // request or call, every connection moved at every upgrade, fds and RSS flat, no process left.
+// (bench/soak.mjs says how each is measured; it checks them and returns what went wrong.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { soak } from '../bench/soak.mjs';
