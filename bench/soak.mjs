@@ -15,9 +15,9 @@
 //   sofa-rpc-node, R clients (one TCP connection each), each running an echo loop and two slow(S)
 //   loops half a call apart, so that slow calls are in flight at every upgrade.
 // Each generation is measured at the same point of its life: its predecessor has retired and exited,
-// it has served alone for at least D ms and answered at least W HTTP requests (V8 grows the young
-// generation with the allocation rate: a generation measured before it took its share of the load
-// shows 3-4 MB less RSS, and how long that takes depends on what else runs on the machine); then a
+// it has served alone for at least D ms and answered at least W HTTP requests (a generation measured
+// before it took its share of the load, optimized code and all, shows a few MB less RSS, and how long
+// that takes depends on what else runs on the machine); then a
 // full GC (SIGUSR2, see the fixture), its RSS (and the kernel's anon/file split) and heap, and its fd
 // count from /proc/PID/fd. Then SIGHUP. The server runs with its young generation pinned (see
 // YOUNG_GENERATION), so that RSS follows what the process keeps, not where V8's sizing stands.
