@@ -10,7 +10,7 @@
 // keep-alive connections (the HTTP adapter) and the Bolt connections with slow calls in flight (the
 // example's own transferConnection() with late writes) together, over one control channel, with
 // two listeners; and "the serving process" whose fds and RSS must stay flat is then one process.
-// Load, all through every upgrade:
+// Load (bench/lib/soak-load.mjs), all through every upgrade:
 //   wrk, 1 thread, C keep-alive connections on GET / (counts every failed request);
 //   sofa-rpc-node, R clients (one TCP connection each), each running an echo loop and two slow(S)
 //   loops half a call apart, so that slow calls are in flight at every upgrade.
@@ -28,21 +28,15 @@
 //   the fd count of every generation (the first one too) equal to that after upgrade 1; the median
 //   RSS of the last generations within F of the first generations' (a third of them, 20 at most);
 //   every generation but the last exited by itself (the last is killed here, by pid).
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { ProcessGroup, fdList, fixtures, sleep, tmpDir, waitUntil } from '../test/helpers.mjs';
-import { parseWrk } from '../test/wrk.mjs';
-
-const require = createRequire(import.meta.url);
-const { RpcClient } = require('sofa-rpc-node').client;
+import { startClient, startRpcLoad, startWrk } from './lib/soak-load.mjs';
 
 const HOST = '127.0.0.1';
-const IFACE = 'com.example.Echo';
 const server = path.join(fixtures, 'soak-server.mjs');
 // The young generation pinned (1 MB semi-spaces): V8 otherwise grows it in steps with the
 // allocation rate, and whether a generation's had grown when it was measured moved its RSS by 7 MB
@@ -81,93 +75,6 @@ function ours(dir) {
 }
 
 const MB = (bytes) => (bytes / 1048576).toFixed(1);
-
-// ---- load: wrk ------------------------------------------------------------------------------------
-
-/** startWrk runs wrk until stop() (SIGINT: wrk then prints its report and exits 0). */
-function startWrk({ url, connections }) {
-  // A generous timeout: a request slower than wrk's default 2 s on a loaded 2-core machine is
-  // latency, not a failed request; a request that never gets its answer still counts.
-  const child = spawn('wrk', ['-t1', `-c${connections}`, '-d86400s', '--timeout', '30s', url], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (chunk) => (out += chunk));
-  child.stderr.on('data', (chunk) => (out += chunk));
-  const result = new Promise((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', (code, signal) => {
-      if (code !== 0) reject(new Error(`wrk exited with ${code ?? signal}:\n${out}`));
-      else resolve(parseWrk(out));
-    });
-  });
-  result.catch(() => undefined); // read by stop(); a wrk that dies early is reported there
-  return {
-    child,
-    stop: () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
-      return result;
-    },
-  };
-}
-
-// ---- load: sofa-rpc-node -----------------------------------------------------------------------
-
-async function startClient(port) {
-  const warnings = [];
-  const keep = (...args) => warnings.push(args.map(String).join(' '));
-  const client = new RpcClient({ logger: { info() {}, debug() {}, warn: keep, error: keep } });
-  const consumer = client.createConsumer({
-    interfaceName: IFACE,
-    serverHost: `${HOST}:${port}`,
-    responseTimeout: 10_000,
-    retryFaultInterval: 200, // only shortens a sleep loop that would keep this process alive after close()
-  });
-  await consumer.ready();
-  const connections = () => [...client.connectionManager.connections.values()];
-  const [connection] = connections();
-  const state = { client, consumer, warnings, connections, connection, localPort: connection._socket.localPort, socketClosed: false };
-  connection._socket.once('close', () => (state.socketClosed = true));
-  return state;
-}
-
-async function counted(stats, promise, expected) {
-  stats.calls++;
-  try {
-    const value = await promise;
-    if (value !== expected) throw new Error(`wrong answer ${JSON.stringify(value)}, expected ${JSON.stringify(expected)}`);
-    stats.ok++;
-  } catch (err) {
-    stats.failed++;
-    if (stats.errors.length < 20) stats.errors.push(`${err.name}: ${err.message}`);
-    await sleep(20); // a refused call fails at once: do not spin
-  }
-}
-
-/** startRpcLoad runs on every client one echo loop and two slow(slowMs) loops half a call apart. */
-function startRpcLoad(clients, slowMs) {
-  const stats = { echo: { calls: 0, ok: 0, failed: 0, errors: [] }, slow: { calls: 0, ok: 0, failed: 0, errors: [] } };
-  let running = true;
-  const loops = [];
-  clients.forEach((c, i) => {
-    loops.push((async () => {
-      for (let n = 0; running; n++) await counted(stats.echo, c.consumer.invoke('echo', [`c${i}-${n}`]), `c${i}-${n}`);
-    })());
-    for (let s = 0; s < 2; s++) {
-      loops.push((async () => {
-        if (s === 1) await sleep(slowMs / 2);
-        while (running) await counted(stats.slow, c.consumer.invoke('slow', [slowMs]), slowMs);
-      })());
-    }
-  });
-  return {
-    stats,
-    stop: async () => {
-      running = false;
-      await Promise.all(loops);
-    },
-  };
-}
-
-// ---- the soak ------------------------------------------------------------------------------------
 
 /**
  * soak runs `upgrades` upgrades under load and resolves with every figure and the list of
@@ -245,7 +152,7 @@ export async function soak({
     const [, httpPort] = await group.waitForLine(new RegExp(`^http pid=${firstPid} port=(\\d+)$`), { since: 0 });
     let current = Number(firstPid);
 
-    for (let i = 0; i < rpcClients; i++) clients.push(await startClient(Number(boltPort)));
+    for (let i = 0; i < rpcClients; i++) clients.push(await startClient(Number(boltPort), HOST));
     rpc = startRpcLoad(clients, slowMs);
     wrk = startWrk({ url: `http://${HOST}:${httpPort}/`, connections: wrkConnections });
     // Every wrk connection accepted before the first upgrade: each retirement must move them all.
