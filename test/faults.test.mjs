@@ -24,13 +24,15 @@ const HANG = 5000;
 let group;
 const sandbox = new Sandbox();
 afterEach(async () => {
+  if (!group) return sandbox.cleanup();
   if (process.env.HANDOVER_TEST_TRACE) process.stderr.write(`${group.lines.map((line) => `#   ${line}`).join('\n')}\n`);
-  // A zombie (killed, not yet reaped by whoever adopted it) is dead: nothing to wait for.
+  // A zombie (killed, not yet reaped by whoever adopted it) is dead: nothing to kill or wait for.
   for (const pid of group.pids) {
+    if (!running(pid)) continue;
     try {
       process.kill(pid, 'SIGKILL');
     } catch {
-      // already gone
+      // gone meanwhile
     }
   }
   await waitUntil(() => [...group.pids].every((pid) => !running(pid)), 5000, 'processes to end').catch(() => undefined);
