@@ -92,6 +92,45 @@ function transcript() {
   return `stdout:\n${lines.slice(-40).join('\n')}\nstderr:\n${group.stderr.join('').slice(-2000)}`;
 }
 
+/** fdKinds: what a process's fds are, by kind (sockets and pipes by type, not by inode), for leak reports. */
+function fdKinds(pid) {
+  const kinds = {};
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    let target;
+    try {
+      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`).replace(/:\[\d+\]$/, '');
+    } catch {
+      continue;
+    }
+    kinds[target] = (kinds[target] ?? 0) + 1;
+  }
+  return kinds;
+}
+
+/**
+ * quiescentFds: the fd count of a fresh generation at rest, after it served one request of each
+ * kind (what the first request opens for good counts; what start-up still had open does not).
+ */
+async function quiescentFds(generation) {
+  const warm = new LineConn(generation.linePort);
+  await warm.connected();
+  assert.equal((await warm.send(0, 'now')).pid, generation.pid);
+  warm.socket.destroy();
+  assert.equal(Number((await get(generation.port)).headers['x-pid']), generation.pid);
+  let previous;
+  let current;
+  await waitUntil(
+    async () => {
+      previous = current;
+      current = await status(generation.pid);
+      return current.conns === 0 && previous?.conns === 0 && previous.fds === current.fds;
+    },
+    5000,
+    'a fresh generation at rest',
+  );
+  return current.fds;
+}
+
 /** status asks a generation for its state, connection count, predecessor link and fd count. */
 async function status(pid) {
   if (!running(pid)) throw new Error(`pid ${pid} has exited\n${transcript()}`);
@@ -399,7 +438,8 @@ async function runCell(cell) {
   trace('start');
   const first = await start(env);
   trace('first ready');
-  const baseline = (await status(first.pid)).fds;
+  const baseline = await quiescentFds(first);
+  const baselineKinds = fdKinds(first.pid);
   const clients = await openHttp(first.port, conns, first.pid);
   const line = await openLine(first.linePort, first.pid);
   trace('clients open');
@@ -495,7 +535,7 @@ async function runCell(cell) {
     let last;
     await waitUntil(async () => (last = await status(survivor)).conns === 0, 10_000, 'the survivor to see its connections close');
     await waitUntil(async () => (last = await status(survivor)).fds === baseline, 3000, 'fds').catch(() => undefined);
-    assert.equal(last.fds, baseline, `fds of the survivor (pid ${survivor}) after its connections closed`);
+    assert.equal(last.fds, baseline, `fds of the survivor (pid ${survivor}) after its connections closed: ${JSON.stringify(fdKinds(survivor))}, at first: ${JSON.stringify(baselineKinds)}`);
 
     trace('fds ok');
     await nextUpgradeWorks(survivor, survivor === first.pid ? first.child : undefined, first.port, dir);
