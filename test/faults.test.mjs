@@ -16,7 +16,10 @@ const script = path.join(fixtures, 'fault-server.mjs');
 /** Most connections per CONN frame (the kernel's limit of fds per message). */
 const BATCH = 253;
 const FEW = 40;
-/** With the line connection: four full CONN batches, so "half the batches" is two. */
+/**
+ * With the line connection: four full CONN batches (all of them are decided in one turn of the
+ * loop, so today's batching fills each to BATCH), and "half the batches" is two.
+ */
 const MANY = 4 * BATCH - 1;
 /** How long a request may take before the test calls its connection hung (never reached when things work). */
 const HANG = 5000;
@@ -496,7 +499,7 @@ async function runCell(cell) {
     }
 
     trace('survivor known');
-    await settled(survivor);
+    const atRest = await settled(survivor);
     await freshConnectionsServedBy(first.port, survivor);
     assert.equal(readPid(dir), survivor, 'dir/pid names the generation that serves');
     assert.equal(controlOwner(dir), survivor, 'dir/control.sock is the serving generation');
@@ -527,6 +530,8 @@ async function runCell(cell) {
     else assert.equal(next, nextFrom === 'survivor' ? survivor : 'closed', `the next line request: ${next}`);
     if (held === 'closed') assert.equal(next, 'closed');
     if (nextFrom === 'survivor' && heldFrom !== 'any') assert.deepEqual(line.errors, []);
+    // The survivor counts exactly the connections that work: none it lost track of, none dead.
+    assert.equal(atRest.conns, served + (next === survivor ? 1 : 0), `connections the survivor tracks: ${explain}, line ${next}`);
 
     trace('line done');
     // No fd leaked: with its connections gone, the survivor holds what the first generation held.
