@@ -7,10 +7,10 @@
 import { test, describe, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { connectChannel } from 'handover';
 import { Sandbox, fixtures, get, waitUntil, readPid } from './helpers.mjs';
+import { HttpConn, LineConn, fdKinds, openHttp, openLine, outcome, running, tally } from './fixtures/fault-clients.mjs';
 
 const script = path.join(fixtures, 'fault-server.mjs');
 /** Most connections per CONN frame (the kernel's limit of fds per message). */
@@ -21,9 +21,6 @@ const FEW = 40;
  * loop, so today's batching fills each to BATCH), and "half the batches" is two.
  */
 const MANY = 4 * BATCH - 1;
-/** How long a request may take before the test calls its connection hung (never reached when things work). */
-const HANG = 5000;
-
 let group;
 const sandbox = new Sandbox();
 afterEach(async () => {
@@ -42,27 +39,6 @@ afterEach(async () => {
   for (const pid of [...group.pids]) if (!running(pid)) group.pids.delete(pid);
   await sandbox.cleanup();
 });
-
-/**
- * running: some thread of the process is alive. A killed process's main thread can be a zombie while
- * its other threads still exit, holding its fds (its listening sockets): that is not dead yet.
- */
-function running(pid) {
-  let tasks;
-  try {
-    tasks = fs.readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return false;
-  }
-  return tasks.some((tid) => {
-    try {
-      const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      return !'ZX'.includes(stat[stat.lastIndexOf(')') + 2]);
-    } catch {
-      return false;
-    }
-  });
-}
 
 function setup(extraEnv = {}) {
   group = sandbox.group();
@@ -93,21 +69,6 @@ async function start(env, { since = group.lines.length, gen = 'first' } = {}) {
 function transcript() {
   const lines = group.lines.filter((line, i, all) => !line.startsWith('status ') || all[i + 1]?.startsWith('status ') !== true);
   return `stdout:\n${lines.slice(-40).join('\n')}\nstderr:\n${group.stderr.join('').slice(-2000)}`;
-}
-
-/** fdKinds: what a process's fds are, by kind (sockets and pipes by type, not by inode), for leak reports. */
-function fdKinds(pid) {
-  const kinds = {};
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-    let target;
-    try {
-      target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`).replace(/:\[\d+\]$/, '');
-    } catch {
-      continue;
-    }
-    kinds[target] = (kinds[target] ?? 0) + 1;
-  }
-  return kinds;
 }
 
 /**
@@ -172,154 +133,6 @@ function controlOwner(dir) {
   } finally {
     channel.close();
   }
-}
-
-/** A raw HTTP/1.1 keep-alive connection: one request at a time, responses matched in order. */
-class HttpConn {
-  constructor(port) {
-    this.socket = net.connect(port, '127.0.0.1');
-    this.socket.setEncoding('latin1');
-    this.buffer = '';
-    this.waiting = [];
-    this.closed = false;
-    this.errors = [];
-    this.socket.on('data', (data) => {
-      this.buffer += data;
-      this.parse();
-    });
-    this.socket.on('error', (err) => this.errors.push(err));
-    this.socket.on('close', () => {
-      this.closed = true;
-      for (const waiter of this.waiting.splice(0)) waiter.reject(new Error('closed'));
-    });
-  }
-
-  connected() {
-    return new Promise((resolve, reject) => {
-      this.socket.once('connect', resolve);
-      this.socket.once('error', reject);
-    });
-  }
-
-  parse() {
-    for (;;) {
-      const end = this.buffer.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      const head = this.buffer.slice(0, end);
-      const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? 0);
-      if (this.buffer.length < end + 4 + length) return;
-      this.buffer = this.buffer.slice(end + 4 + length);
-      const response = { status: Number(head.split(' ')[1]), pid: Number(/\r\nx-pid: *(\d+)/i.exec(head)?.[1]) };
-      const waiter = this.waiting.shift();
-      if (waiter) waiter.resolve(response);
-      else this.errors.push(new Error(`a response nobody asked for: ${head}`));
-    }
-  }
-
-  request(pathname = '/') {
-    return new Promise((resolve, reject) => {
-      if (this.closed) {
-        reject(new Error('closed'));
-        return;
-      }
-      this.waiting.push({ resolve, reject });
-      this.socket.write(`GET ${pathname} HTTP/1.1\r\nHost: test\r\n\r\n`);
-    });
-  }
-
-  close() {
-    this.socket.destroy();
-  }
-}
-
-/** outcome of one request: `pid` (answered 200 by that process), 'closed', or 'hung'. */
-async function outcome(promise) {
-  let timer;
-  const hung = new Promise((resolve) => (timer = setTimeout(() => resolve('hung'), HANG)));
-  try {
-    return await Promise.race([promise.then((res) => (res.status === 200 ? res.pid : `status ${res.status}`), () => 'closed'), hung]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** openHttp opens `count` keep-alive connections, each answered once by `pid` (so each is idle keep-alive). */
-async function openHttp(port, count, pid) {
-  const conns = [];
-  for (let i = 0; i < count; i += 100) {
-    const chunk = Array.from({ length: Math.min(100, count - i) }, () => new HttpConn(port));
-    await Promise.all(chunk.map((conn) => conn.connected()));
-    const answers = await Promise.all(chunk.map((conn) => conn.request('/')));
-    for (const answer of answers) assert.equal(answer.pid, pid);
-    conns.push(...chunk);
-  }
-  return conns;
-}
-
-/** A client of the fixture's line protocol: `ID verb` out, `ID PID` back. */
-class LineConn {
-  constructor(port) {
-    this.socket = net.connect(port, '127.0.0.1');
-    this.socket.setEncoding('latin1');
-    this.buffer = '';
-    this.answers = new Map();
-    this.waiters = new Map();
-    this.closed = false;
-    this.errors = [];
-    this.socket.on('data', (data) => {
-      this.buffer += data;
-      let newline;
-      while ((newline = this.buffer.indexOf('\n')) >= 0) {
-        const [id, pid] = this.buffer.slice(0, newline).split(' ');
-        this.buffer = this.buffer.slice(newline + 1);
-        this.answers.set(id, Number(pid));
-        this.waiters.get(id)?.resolve({ status: 200, pid: Number(pid) });
-      }
-    });
-    this.socket.on('error', (err) => this.errors.push(err));
-    this.socket.on('close', () => {
-      this.closed = true;
-      for (const waiter of this.waiters.values()) waiter.reject(new Error('closed'));
-    });
-  }
-
-  connected() {
-    return new Promise((resolve, reject) => {
-      this.socket.once('connect', resolve);
-      this.socket.once('error', reject);
-    });
-  }
-
-  /** answer resolves with the response to `id` (already received or still to come). */
-  answer(id) {
-    return new Promise((resolve, reject) => {
-      if (this.answers.has(String(id))) resolve({ status: 200, pid: this.answers.get(String(id)) });
-      else if (this.closed) reject(new Error('closed'));
-      else this.waiters.set(String(id), { resolve, reject });
-    });
-  }
-
-  send(id, verb) {
-    if (!this.closed) this.socket.write(`${id} ${verb}\n`);
-    return this.answer(id);
-  }
-}
-
-async function openLine(port, pid) {
-  const line = new LineConn(port);
-  await line.connected();
-  // `1 hold` is decoded before `2 now` is answered: the held request is in flight from here on.
-  line.send(1, 'hold').catch(() => undefined);
-  assert.equal((await line.send(2, 'now')).pid, pid);
-  return line;
-}
-
-/** tally counts the outcomes of one request on every connection. */
-async function tally(conns) {
-  const results = await Promise.all(conns.map((conn) => outcome(conn.request('/'))));
-  const counts = {};
-  for (const result of results) counts[result] = (counts[result] ?? 0) + 1;
-  return counts;
 }
 
 async function freshConnectionsServedBy(port, pid) {
