@@ -9,6 +9,7 @@ import { HandoverError } from './errors';
 import { closeFds } from './listeners';
 import type { ConnEntry, Message } from './protocol';
 import type { ControlSession } from './session';
+import { fault } from './faults';
 
 const debug = createDebug('handover:connections');
 
@@ -203,6 +204,8 @@ export interface MoverHooks {
   keyOf(socket: net.Socket): string | undefined;
   /** Called when the successor acknowledged a socket (it now belongs to the successor). */
   moved(socket: net.Socket): void;
+  /** The successor's pid as this process sees it (for test fault points). */
+  readonly peerPid: number | undefined;
 }
 
 /**
@@ -380,11 +383,14 @@ export class ConnectionMover {
       const seq = ++entry.writeSeq;
       const ackKey = `${entry.id}:${seq}`;
       if (last) this.pendingWriteAcks.set(ackKey, cb);
-      this.session.send({ type: 'WRITE', id: entry.id, seq, data: piece }).catch((err: Error) => {
-        const pendingCb = this.pendingWriteAcks.get(ackKey);
-        this.pendingWriteAcks.delete(ackKey);
-        pendingCb?.(err);
-      });
+      this.session
+        .send({ type: 'WRITE', id: entry.id, seq, data: piece })
+        .then(() => fault('late-write', 'predecessor', this.hooks.peerPid))
+        .catch((err: Error) => {
+          const pendingCb = this.pendingWriteAcks.get(ackKey);
+          this.pendingWriteAcks.delete(ackKey);
+          pendingCb?.(err);
+        });
       if (last) break;
     }
   }
@@ -450,16 +456,19 @@ export class ConnectionMover {
       debug('CONN with %d connections', batch.length);
       this.batchesInFlight++;
       // The dups are the channel's now: closed once in the kernel, whatever happens.
-      this.session.send({ type: 'CONN', conns, body: Buffer.concat(parts), fds }, { closeFdsAfterSend: true }).catch((err: Error) => {
-        if (this.closed || this.session.isClosed) return; // close() gives every unacknowledged connection back
-        // Refused by the channel itself (too large): these connections never left.
-        this.batchesInFlight--;
-        for (const entry of batch) {
-          if (!this.moving.delete(entry.id)) continue;
-          this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the connection could not be sent: ${err.message}`, { cause: err }));
-        }
-        this.flush();
-      });
+      this.session
+        .send({ type: 'CONN', conns, body: Buffer.concat(parts), fds }, { closeFdsAfterSend: true })
+        .then(() => fault('conn-sent', 'predecessor', this.hooks.peerPid))
+        .catch((err: Error) => {
+          if (this.closed || this.session.isClosed) return; // close() gives every unacknowledged connection back
+          // Refused by the channel itself (too large): these connections never left.
+          this.batchesInFlight--;
+          for (const entry of batch) {
+            if (!this.moving.delete(entry.id)) continue;
+            this.giveBack(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the connection could not be sent: ${err.message}`, { cause: err }));
+          }
+          this.flush();
+        });
     }
   }
 
@@ -469,6 +478,7 @@ export class ConnectionMover {
       this.batchesInFlight = Math.max(0, this.batchesInFlight - 1);
       for (const id of message.acked) this.onAck(id);
       for (const { id, reason } of message.refused) this.onNack(id, reason);
+      fault('conn-acked', 'predecessor', this.hooks.peerPid);
       this.flush();
       this.settled?.();
       return true;
@@ -623,6 +633,8 @@ export interface AdopterHooks {
   track(socket: net.Socket, key: string): void;
   /** Report an adoption that failed after the ACK (the application's handler threw). */
   failed(err: HandoverError): void;
+  /** The predecessor's pid as this process sees it (for test fault points). */
+  readonly peerPid: number | undefined;
 }
 
 /**
@@ -671,6 +683,7 @@ export class ConnectionAdopter {
         return true;
       }
       socket.write(message.data, ack);
+      fault('late-write', 'successor', this.hooks.peerPid);
       return true;
     }
     return false;
@@ -709,6 +722,7 @@ export class ConnectionAdopter {
     });
     debug('adopted %d, refused %d', acked.length, refused.length);
     const start = (): void => {
+      fault('conn-acked', 'successor', this.hooks.peerPid);
       for (const { socket, entry, pending, unflushed, target } of started) {
         // The predecessor's unflushed writes go out before anything this process writes.
         if (unflushed.length > 0) socket.write(unflushed);

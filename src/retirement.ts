@@ -47,6 +47,7 @@ export class Retirement {
     private readonly hooks: RetirementHooks,
   ) {
     this.mover = new ConnectionMover(link.session, {
+      peerPid: link.peerPid,
       keyOf: (socket) => tracker.keyOf(socket),
       moved: (socket) => tracker.markMoved(socket),
     });

@@ -202,6 +202,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       },
       track: (socket, key) => this.tracker.track(socket, key),
       failed: (err) => this.warn(err),
+      peerPid: predecessor.peerPid,
     });
     predecessor.start(
       (message) => {
