@@ -11,6 +11,7 @@ import { isNativeError } from './native';
 import { PROTOCOL_VERSION, type Message } from './protocol';
 import { ControlSession } from './session';
 import { fault } from './faults';
+import { waitGone, type ProcessLayer } from './spawner';
 
 const debug = createDebug('handover:predecessor-link');
 
@@ -38,7 +39,7 @@ export class PredecessorLink {
    * undefined when there is none (no control.sock, or a stale one left by a crash: removed), or
    * when the predecessor went away before answering.
    */
-  static async connect(dir: string, options: { readyTimeout: number; allowedUids: ReadonlySet<number> }): Promise<{ link: PredecessorLink; listeners: InheritedListener[]; warnings: HandoverError[] } | undefined> {
+  static async connect(dir: string, options: { readyTimeout: number; allowedUids: ReadonlySet<number>; os: ProcessLayer }): Promise<{ link: PredecessorLink; listeners: InheritedListener[]; warnings: HandoverError[] } | undefined> {
     const socketPath = path.join(dir, CONTROL_SOCKET);
     let channel: FdChannel;
     try {
@@ -77,8 +78,10 @@ export class PredecessorLink {
     } catch (err) {
       session.close();
       if (isHandoverError(err, 'ERR_HANDOVER_CHANNEL_CLOSED')) {
-        // The predecessor went away between connect and reply (it crashed): start fresh.
+        // The predecessor went away between connect and reply (it crashed): start fresh, once it has
+        // finished dying, or its listening sockets would still hold the ports.
         debug('predecessor closed before answering; starting fresh');
+        if (peer.pid > 0) await waitGone(options.os, peer.pid, options.readyTimeout);
         return undefined;
       }
       throw err;
@@ -115,7 +118,7 @@ export class PredecessorLink {
    * accepts. Rejects with ERR_UPGRADE_REFUSED when refused, or when the predecessor closed the link
    * while still alive (it dropped us: two generations must never serve).
    */
-  async ready(readyTimeout: number, predecessorGone: () => boolean): Promise<void> {
+  async ready(readyTimeout: number, predecessorGone: () => Promise<boolean>): Promise<void> {
     const { session } = this;
     let reply;
     try {
@@ -130,7 +133,7 @@ export class PredecessorLink {
         throw err;
       }
       // Closed without an answer. Serving alone is right only if the predecessor is really gone.
-      if (!predecessorGone()) {
+      if (!(await predecessorGone())) {
         this.close();
         throw new HandoverError('ERR_UPGRADE_REFUSED', `the predecessor (pid ${this.pid}) closed the control channel before acknowledging READY; it still serves`);
       }
@@ -149,6 +152,13 @@ export class PredecessorLink {
   /** onMessage installs the handler of the move phase (CONN, WRITE); BYE and closes go to onEnd's handler. */
   start(handler: (message: Message) => void, ended: (clean: boolean, error: Error | undefined) => void): void {
     this.handler = handler;
+    if (this.session.isClosed) {
+      // The link ended in the same read as READY_ACK: report it all the same.
+      this.phaseValue = 'released';
+      const error = this.session.channel.error;
+      process.nextTick(() => ended(false, error));
+      return;
+    }
     this.session.on('close', (error) => {
       this.phaseValue = 'released';
       ended(false, error);

@@ -40,8 +40,22 @@ export const systemProcesses: ProcessLayer = {
   },
   liveness(pid) {
     if (!(pid > 0)) return 'unknown';
-    const fields = statFields(pid);
-    if (fields !== undefined) return fields[0] === 'Z' || fields[0] === 'X' ? 'gone' : 'alive';
+    // Gone means every thread has exited: a killed process's main thread turns zombie while its
+    // other threads still hold its fds (its listening sockets among them).
+    let tasks: string[] | undefined;
+    try {
+      tasks = fs.readdirSync(`/proc/${pid}/task`);
+    } catch {
+      tasks = undefined;
+    }
+    if (tasks !== undefined) {
+      return tasks.every((task) => {
+        const state = statFields(pid, task)?.[0];
+        return state === undefined || state === 'Z' || state === 'X';
+      })
+        ? 'gone'
+        : 'alive';
+    }
     try {
       process.kill(pid, 0);
       return 'alive';
@@ -52,12 +66,27 @@ export const systemProcesses: ProcessLayer = {
 };
 
 /** The fields of /proc/PID/stat after "pid (comm) ": state, ppid, pgrp, ... (comm may hold spaces and parentheses). */
-function statFields(pid: number): string[] | undefined {
+function statFields(pid: number, task?: string): string[] | undefined {
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = fs.readFileSync(task === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${task}/stat`, 'utf8');
     return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * waitGone resolves true once `pid` is gone (every thread exited), false if it is still alive after
+ * `graceMs` or cannot be seen from here (another PID namespace): a process whose control link just
+ * broke takes a moment to finish dying, and a live one must never be taken for dead.
+ */
+export async function waitGone(os: ProcessLayer, pid: number, graceMs: number): Promise<boolean> {
+  const deadline = Date.now() + graceMs;
+  for (;;) {
+    const liveness = os.liveness(pid);
+    if (liveness !== 'alive') return liveness === 'gone';
+    if (Date.now() >= deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
 

@@ -10,7 +10,7 @@ import type { ChangeQueue, Lifecycle, LifecycleEvent } from './lifecycle';
 import type { TransferOptions } from './connections';
 import type { ConnectionsReport, ConnectionTracker } from './connection-tracker';
 import { probeGeneration, SuccessorLink, type LinkEnd } from './successor-link';
-import { SpawnedSuccessor, type ProcessLayer } from './spawner';
+import { SpawnedSuccessor, waitGone, type ProcessLayer } from './spawner';
 import { Retirement } from './retirement';
 import type { ServerSet } from './servers';
 import type { ResolvedOptions, UpgraderEvents } from './options';
@@ -162,15 +162,7 @@ export class Successors {
    * pid where this PID namespace sees it, else by asking whoever owns control.sock now.
    */
   private async successorGone(link: SuccessorLink): Promise<boolean> {
-    if (link.peerPid > 0) {
-      const deadline = Date.now() + EXIT_GRACE_MS;
-      for (;;) {
-        const liveness = this.generation.os.liveness(link.peerPid);
-        if (liveness !== 'alive') return liveness === 'gone';
-        if (Date.now() >= deadline) return false;
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
-    }
+    if (link.peerPid > 0) return waitGone(this.generation.os, link.peerPid, EXIT_GRACE_MS);
     // A successor that could not take over says ABORT; one that did is reachable there.
     if (this.generation.control && ownsControlSocket(this.generation.control)) return true;
     return !(await probeGeneration(path.join(this.generation.dir, CONTROL_SOCKET), this.generation.options.readyTimeout));
@@ -217,6 +209,10 @@ export class Successors {
   upgrade(): Promise<number> {
     if (this.generation.lifecycle.state === 'upgrading' || this.generation.lifecycle.state === 'retiring' || this.pendingUpgrade) {
       return Promise.reject(new HandoverError('ERR_UPGRADE_IN_PROGRESS', this.generation.lifecycle.state === 'retiring' ? 'this process is retiring' : 'an upgrade is already in progress'));
+    }
+    const control = this.generation.control;
+    if (control && !ownsControlSocket(control)) {
+      return Promise.reject(new HandoverError('ERR_HANDOVER_DIR_UNSAFE', `${control.path} is no longer this process's control socket (removed or replaced): a successor could not reach this process`));
     }
     if (this.generation.predecessor) return Promise.reject(new HandoverError('ERR_UPGRADE_IN_PROGRESS', `the predecessor (pid ${this.generation.predecessor.pid}) is still retiring`));
     if (this.generation.lifecycle.state !== 'serving') return Promise.reject(new HandoverError('ERR_HANDOVER_INVALID_STATE', `upgrade() is not possible while ${this.generation.lifecycle.state}`));

@@ -11,7 +11,7 @@ import { closeFds, listenerKey, type InheritedListener, type ListenTarget } from
 import { ConnectionAdopter, type TransferOptions } from './connections';
 import { ConnectionTracker, type ConnectionsReport } from './connection-tracker';
 import { PredecessorLink } from './predecessor-link';
-import { systemProcesses, type ProcessLayer } from './spawner';
+import { systemProcesses, waitGone, type ProcessLayer } from './spawner';
 import { Successors, type Generation } from './successors';
 import { ServerSet } from './servers';
 import { adapterFor } from './adapters/adapter';
@@ -19,6 +19,9 @@ import { checkTimeout, resolveOptions, type ListenOptions, type ResolvedOptions,
 import { fault } from './faults';
 
 const debug = createDebug('handover:upgrader');
+
+/** How long a successor whose predecessor's link broke waits for that process to be gone before it counts it alive. */
+const EXIT_GRACE_MS = 1000;
 
 /**
  * Upgrader runs one generation of a server. Create it first thing, give it your servers with
@@ -85,7 +88,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   }
 
   private async start(): Promise<void> {
-    const found = await PredecessorLink.connect(this.dir, this.generation.options);
+    const found = await PredecessorLink.connect(this.dir, { ...this.generation.options, os: this.os });
     if (!found) return;
     this.predecessor = found.link;
     for (const listener of found.listeners) this.inherited.set(listener.key, listener);
@@ -161,7 +164,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       throw new HandoverError('ERR_HANDOVER_DIR_UNSAFE', `cannot prepare the control socket in ${this.dir}: ${(err as Error).message}`, { cause: err });
     }
     try {
-      await predecessor?.ready(this.readyTimeout, () => this.os.liveness(predecessor.peerPid) === 'gone');
+      await predecessor?.ready(this.readyTimeout, () => waitGone(this.os, predecessor.peerPid, EXIT_GRACE_MS));
       if ((this.state as UpgraderState) !== 'starting') throw new HandoverError('ERR_HANDOVER_STOPPED', 'the upgrader was stopped before it was ready');
     } catch (err) {
       abandonControl(prepared);

