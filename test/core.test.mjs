@@ -62,10 +62,15 @@ describe('two generations never serve at once (defect 1)', () => {
   test('a successor that stops its upgrader after ready() serves on; the predecessor retires', async () => {
     const { group, modeFile, env } = setup();
     const first = await startFirst(group, env);
+    // A slow request keeps the predecessor retiring while the successor stops its upgrader.
+    const slow = get(first.port, '/slow?ms=1500');
+    await sleep(100);
     fs.writeFileSync(modeFile, 'stop-after-ready');
     const line = await upgradeOnce(group, first.pid);
     const successorPid = Number(/upgraded pid=(\d+)/.exec(line)?.[1]);
     await group.waitForLine(/^stopped state=stopped/, { since: 0 });
+    assert.deepEqual(await answeredBy(first.port), new Set([String(successorPid)]));
+    assert.equal((await slow).body, String(first.pid));
     assert.deepEqual(await first.child.exited, { code: 0, signal: null });
     assert.ok(!group.lines.some((l) => l.startsWith('rollback')), group.lines.join('\n'));
     assert.deepEqual(await answeredBy(first.port), new Set([String(successorPid)]));
