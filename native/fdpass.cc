@@ -263,8 +263,9 @@ Result UnixConnect(int type, const char* path, size_t length) {
   socklen_t addressLength = 0;
   int err = FillUnixAddress(path, length, &address, &addressLength);
   if (err != 0) return Fail("connect", -err);
-  // Blocking connect: a local unix connect completes at once unless the listener's backlog is full.
-  int fd = OpenUnixSocket(type, false);
+  // Non-blocking: a unix connect completes at once or, when the listener's backlog is full, fails
+  // with EAGAIN (never EINPROGRESS); the caller retries on a timer instead of blocking its loop.
+  int fd = OpenUnixSocket(type, true);
   if (fd < 0) return Fail("socket", errno);
   bool interrupted = false;
   for (;;) {
@@ -276,11 +277,6 @@ Result UnixConnect(int type, const char* path, size_t length) {
     // A retried connect that had completed before the signal reports EISCONN.
     if (interrupted && errno == EISCONN) break;
     Result result = Fail("connect", errno);
-    close(fd);
-    return result;
-  }
-  if (SetStatusFlag(fd, O_NONBLOCK, true) < 0) {
-    Result result = Fail("fcntl", errno);
     close(fd);
     return result;
   }

@@ -18,6 +18,8 @@ const FLAG_LAST = 2;
 const CHUNK_PAYLOAD = 64 * 1024 - CHUNK_HEADER;
 /** Messages read per readiness callback before yielding to the event loop. */
 const READS_PER_TICK = 64;
+/** How long a control listener stops accepting after EMFILE and the like. */
+const ACCEPT_RETRY_MS = 100;
 
 export const DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_MAX_FDS_PER_FRAME = 16 * 1024;
@@ -219,7 +221,8 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
       debug('close fd %d: %o', this.fd, err);
     }
     debug('channel fd %d closed', this.fd);
-    this.emit('close');
+    // Never in the middle of the change that closed it: whoever called close() finishes first.
+    process.nextTick(() => this.emit('close'));
   }
 
   private rearm(): void {
@@ -236,9 +239,12 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
     if (this.closed) return;
     debug('channel fd %d failed: %s', this.fd, err.message);
     this.failure = err;
-    // Close first so that listeners of 'error' see a closed channel with nothing leaked.
+    // Close first so that listeners of 'error' see a closed channel with nothing leaked; both
+    // events come after the current change ('error' first, then 'close').
     this.close();
-    if (this.listenerCount('error') > 0) this.emit('error', err);
+    process.nextTick(() => {
+      if (this.listenerCount('error') > 0) this.emit('error', err);
+    });
   }
 
   private onReadiness(status: number, readable: boolean, writable: boolean, disconnect: boolean): void {
@@ -413,10 +419,38 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   }
 }
 
-/** connectChannel connects to a control socket path. ENOENT / ECONNREFUSED come through as native errors. */
+/** connectChannel connects to a control socket path, once. ENOENT, ECONNREFUSED and EAGAIN (backlog full) come through as native errors. */
 export function connectChannel(path: string, options: FdChannelOptions = {}): FdChannel {
   const fd = binding().seqpacketConnect(path);
   return new FdChannel(fd, options);
+}
+
+/** How often connectChannelWithin tries again while the listener's backlog is full. */
+const CONNECT_RETRY_MS = 20;
+
+/**
+ * connectChannelWithin connects without ever blocking the event loop: while the listener's backlog
+ * is full (EAGAIN: a stalled peer) it tries again until `timeoutMs`, then fails with
+ * ERR_UPGRADE_READY_TIMEOUT. Other errors (ENOENT, ECONNREFUSED, EACCES) reject at once.
+ */
+export function connectChannelWithin(path: string, timeoutMs: number, options: FdChannelOptions = {}): Promise<FdChannel> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const attempt = (): void => {
+      try {
+        resolve(connectChannel(path, options));
+      } catch (err) {
+        if (!isNativeError(err) || err.code !== 'EAGAIN') {
+          reject(err);
+        } else if (Date.now() >= deadline) {
+          reject(new HandoverError('ERR_UPGRADE_READY_TIMEOUT', `the control socket ${path} accepted no connection within ${timeoutMs} ms (its backlog is full: the process behind it is stalled)`, { cause: err }));
+        } else {
+          setTimeout(attempt, CONNECT_RETRY_MS);
+        }
+      }
+    };
+    attempt();
+  });
 }
 
 /** channelPair returns two connected channels (socketpair), for tests and in-process use. */
@@ -435,6 +469,7 @@ export class ChannelListener extends EventEmitter<{ channel: [FdChannel]; error:
   private readonly poller: Poller;
   private readonly channelOptions: FdChannelOptions;
   private closed = false;
+  private retryTimer: NodeJS.Timeout | undefined;
 
   constructor(path: string, options: FdChannelOptions & { backlog?: number } = {}) {
     super();
@@ -444,7 +479,7 @@ export class ChannelListener extends EventEmitter<{ channel: [FdChannel]; error:
     this.fd = this.native.seqpacketListen(path, backlog ?? 16);
     this.poller = this.native.createPoller(this.fd, (status) => {
       if (status < 0) {
-        this.emit('error', new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `control listener poll failed (uv error ${status})`));
+        this.report(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `control listener poll failed (uv error ${status})`));
         return;
       }
       this.acceptAll();
@@ -458,7 +493,18 @@ export class ChannelListener extends EventEmitter<{ channel: [FdChannel]; error:
       try {
         fd = this.native.accept(this.fd);
       } catch (err) {
-        debug('accept failed: %o', err);
+        const code = isNativeError(err) ? err.code : '';
+        if (code === 'EMFILE' || code === 'ENFILE' || code === 'ENOBUFS' || code === 'ENOMEM') {
+          // The connection stays in the backlog and the poll is level-triggered: stop watching for
+          // a while instead of spinning, and say why.
+          this.poller.stop();
+          this.retryTimer = setTimeout(() => {
+            this.retryTimer = undefined;
+            if (!this.closed) this.poller.start(true, false);
+          }, ACCEPT_RETRY_MS);
+          this.retryTimer.unref();
+        }
+        this.report(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `accepting a control connection failed: ${(err as Error).message}`, { cause: err }));
         return;
       }
       if (fd < 0) return;
@@ -466,15 +512,22 @@ export class ChannelListener extends EventEmitter<{ channel: [FdChannel]; error:
     }
   }
 
+  /** report: an error of the listener is the owner's to hear; with no owner listening it is only logged. */
+  private report(err: Error): void {
+    debug('control listener: %s', err.message);
+    if (this.listenerCount('error') > 0) this.emit('error', err);
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.retryTimer);
     this.poller.close();
     try {
       this.native.close(this.fd);
     } catch {
       // Nothing to leak.
     }
-    this.emit('close');
+    process.nextTick(() => this.emit('close'));
   }
 }

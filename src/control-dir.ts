@@ -60,25 +60,63 @@ export interface OwnedControlSocket {
   ino: number;
 }
 
+/** A takeover made ready but not yet visible: a bound control socket and a pid file under temporary names. */
+export interface PreparedControl {
+  readonly dir: string;
+  readonly listener: ChannelListener;
+  readonly socketPath: string;
+  readonly pidPath: string;
+}
+
 /**
- * takeOverControlSocket binds a fresh control socket under a temporary name (mode 0600) and renames
- * it over `dir/control.sock` in one step: a successor connecting at any moment finds a live socket.
+ * prepareControl does every part of a takeover that can fail (bind, chmod, write) under temporary
+ * names, so that commitControl is two renames. A successor prepares before READY: if the
+ * directory is unusable it fails while the predecessor still serves, unchanged.
  */
-export function takeOverControlSocket(dir: string, options: FdChannelOptions = {}): OwnedControlSocket {
-  const finalPath = path.join(dir, CONTROL_SOCKET);
-  const tmpPath = temporaryName(dir, CONTROL_SOCKET);
-  const listener = new ChannelListener(tmpPath, options);
+export function prepareControl(dir: string, options: FdChannelOptions = {}): PreparedControl {
+  const socketPath = temporaryName(dir, CONTROL_SOCKET);
+  const pidPath = temporaryName(dir, PID_FILE);
+  const listener = new ChannelListener(socketPath, options);
   try {
-    fs.chmodSync(tmpPath, 0o600);
-    const stat = fs.statSync(tmpPath);
-    fs.renameSync(tmpPath, finalPath);
-    debug('took over %s', finalPath);
-    return { listener, path: finalPath, dev: stat.dev, ino: stat.ino };
+    fs.chmodSync(socketPath, 0o600);
+    fs.writeFileSync(pidPath, `${process.pid}\n`, { mode: 0o600 });
   } catch (err) {
     listener.close();
-    fs.rmSync(tmpPath, { force: true });
+    fs.rmSync(socketPath, { force: true });
+    fs.rmSync(pidPath, { force: true });
     throw err;
   }
+  return { dir, listener, socketPath, pidPath };
+}
+
+/** commitControl renames the prepared socket and pid file over `dir/control.sock` and `dir/pid` (each rename atomic). */
+export function commitControl(prepared: PreparedControl): OwnedControlSocket {
+  const finalPath = path.join(prepared.dir, CONTROL_SOCKET);
+  try {
+    const stat = fs.statSync(prepared.socketPath);
+    fs.renameSync(prepared.socketPath, finalPath);
+    fs.renameSync(prepared.pidPath, path.join(prepared.dir, PID_FILE));
+    debug('took over %s', finalPath);
+    return { listener: prepared.listener, path: finalPath, dev: stat.dev, ino: stat.ino };
+  } catch (err) {
+    abandonControl(prepared);
+    throw err;
+  }
+}
+
+/** abandonControl undoes a prepared takeover that will not be committed. */
+export function abandonControl(prepared: PreparedControl): void {
+  prepared.listener.close();
+  fs.rmSync(prepared.socketPath, { force: true });
+  fs.rmSync(prepared.pidPath, { force: true });
+}
+
+/**
+ * takeOverControlSocket binds a fresh control socket and writes the pid file, then renames both
+ * over `dir/control.sock` and `dir/pid`: a successor connecting at any moment finds a live socket.
+ */
+export function takeOverControlSocket(dir: string, options: FdChannelOptions = {}): OwnedControlSocket {
+  return commitControl(prepareControl(dir, options));
 }
 
 /** ownsControlSocket tells whether `dir/control.sock` is still the file this process bound. */

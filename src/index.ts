@@ -1,6 +1,13 @@
 // The public API of handover.
 export { createUpgrader, Upgrader } from './upgrader';
-export type { UpgraderOptions, UpgraderState, UpgraderEvents, SuccessorCommand, ConnectionsReport, ListenOptions } from './upgrader';
+export type { UpgraderOptions, UpgraderEvents, ListenOptions } from './options';
+export type { UpgraderState } from './lifecycle';
+export type { SuccessorCommand } from './spawner';
+export type { ConnectionsReport } from './connection-tracker';
+export { registerAdapter } from './adapters/adapter';
+export type { ServerAdapter, AdapterFactory, MoveConnection } from './adapters/adapter';
+// The built-in adapters register themselves.
+import './adapters/http';
 export type { TransferOptions, AdoptHandler, AdoptedConnection } from './connections';
 export type { ListenTarget, InheritedListener } from './listeners';
 export { listenerKey } from './listeners';

@@ -52,7 +52,7 @@ export interface Binding {
   seqpacketPair(): [number, number];
   /** socket+bind+listen on a unix path, SOCK_SEQPACKET, non-blocking, close-on-exec. Does not unlink first. */
   seqpacketListen(path: string, backlog: number): number;
-  /** socket+connect to a unix path, SOCK_SEQPACKET; returns a connected non-blocking fd. */
+  /** socket+connect to a unix path, SOCK_SEQPACKET, non-blocking: a connected fd, or EAGAIN when the listener's backlog is full. */
   seqpacketConnect(path: string): number;
   /** socket+bind+listen on a unix path, SOCK_STREAM, non-blocking, close-on-exec (bound by us so libuv never unlinks it). */
   unixStreamListen(path: string, backlog: number): number;

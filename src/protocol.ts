@@ -17,6 +17,10 @@ export const MessageType = {
   WRITE: 8,
   WRITE_ACK: 9,
   BYE: 10,
+  ABORT: 11,
+  PING: 12,
+  PONG: 13,
+  COMMIT: 14,
 } as const;
 export type MessageTypeName = keyof typeof MessageType;
 
@@ -53,7 +57,15 @@ export type Message =
   | { type: 'CONN_ACK'; acked: number[]; refused: { id: number; reason: string }[]; credit?: number }
   | { type: 'WRITE'; id: number; seq: number; data: Buffer }
   | { type: 'WRITE_ACK'; id: number; seq: number }
-  | { type: 'BYE'; reason: string };
+  /** Either end leaves the exchange in an orderly way: the predecessor has retired; a successor that stopped its upgrader still serves. */
+  | { type: 'BYE'; reason: string }
+  /** The successor gives up: it closed its listeners and will not serve (the predecessor rolls back). */
+  | { type: 'ABORT'; reason: string }
+  /** Is a generation alive behind this control socket? Answered with PONG in any state, changing nothing. */
+  /** The successor took over control.sock and pid: the predecessor may finish retiring. */
+  | { type: 'COMMIT' }
+  | { type: 'PING' }
+  | { type: 'PONG'; pid: number };
 
 export type MessageOf<T extends Message['type']> = Extract<Message, { type: T }>;
 
@@ -213,11 +225,23 @@ export function decode(frame: Frame): Message {
       if (!isCount(header.id) || !isCount(header.seq)) throw protocolError('WRITE_ACK needs id and seq');
       return { type: 'WRITE_ACK', id: header.id, seq: header.seq };
     }
-    case 'BYE': {
+    case 'BYE':
+    case 'ABORT': {
       expectNoFds();
       expectNoBody();
-      if (!isString(header.reason)) throw protocolError('BYE needs a reason');
-      return { type: 'BYE', reason: header.reason };
+      if (!isString(header.reason)) throw protocolError(`${name} needs a reason`);
+      return { type: name, reason: header.reason };
+    }
+    case 'PING':
+    case 'COMMIT':
+      expectNoFds();
+      expectNoBody();
+      return { type: name };
+    case 'PONG': {
+      expectNoFds();
+      expectNoBody();
+      if (!isCount(header.pid)) throw protocolError('PONG needs pid');
+      return { type: 'PONG', pid: header.pid };
     }
   }
 }

@@ -20,6 +20,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   readonly channel: FdChannel;
   private failure: Error | undefined;
   private ended = false;
+  private closedHere = false;
   /**
    * Messages that arrived while nobody listened. One readiness callback may deliver several
    * messages at once (READY_ACK and the first CONN, say); none may be lost between two awaits.
@@ -66,7 +67,15 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   }
 
   get isClosed(): boolean {
-    return this.ended;
+    return this.ended || this.channel.isClosed;
+  }
+
+  /**
+   * Whether this end closed the session (close(), or fail() on a broken rule or garbage it
+   * detected) rather than the peer going away. A peer that is still alive may be on the other end.
+   */
+  get closedLocally(): boolean {
+    return this.closedHere || (this.channel.error instanceof HandoverError && this.channel.error.code === 'ERR_HANDOVER_PROTOCOL');
   }
 
   /** send encodes and queues a message; fds of LISTENERS/CONN are closed after sending when `closeFds`. */
@@ -78,11 +87,13 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   /** fail ends the session with an error (garbage, a broken rule of the exchange). */
   fail(err: Error): void {
+    if (!this.isClosed) this.closedHere = true;
     this.failure ??= err;
     this.channel.close();
   }
 
   close(): void {
+    if (!this.isClosed) this.closedHere = true;
     this.channel.close();
   }
 
@@ -108,8 +119,8 @@ export class ControlSession extends EventEmitter<SessionEvents> {
         deliver(waiting);
         return;
       }
-      if (this.ended) {
-        reject(this.failure ?? new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `the control channel closed while waiting for ${what}`));
+      if (this.isClosed) {
+        reject(this.failure ?? this.channel.error ?? new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `the control channel closed while waiting for ${what}`));
         return;
       }
       const cleanup = (): void => {

@@ -14,7 +14,7 @@ const require = createRequire(import.meta.url);
 const { ControlSession } = require(path.join(root, 'dist/session.js'));
 
 const serverScript = path.join(fixtures, 'moves-server.mjs');
-const rawSuccessor = path.join(fixtures, 'raw-successor.mjs');
+const rawSuccessor = path.join(fixtures, 'raw-conn-successor.mjs');
 let group;
 const sandbox = new Sandbox();
 afterEach(() => sandbox.cleanup());

@@ -2,9 +2,11 @@
 // connections its successor adopts. Plain HTTP/1.1 connections move at a message boundary (idle:
 // no response in flight, nothing unwritten, the parser between messages); TLS connections and
 // HTTP/2 sessions, whose state cannot move, are drained (`Connection: close`, GOAWAY).
-import type * as http from 'node:http';
+import * as http from 'node:http';
+import * as https from 'node:https';
 import type * as net from 'node:net';
 import createDebug from 'debug';
+import { registerAdapter } from './adapter';
 
 const debug = createDebug('handover:http');
 
@@ -177,3 +179,19 @@ export class HttpAdapter {
     });
   }
 }
+
+/** http2's server classes are not exported: know them by the settings API only they have. */
+function isHttp2Server(server: net.Server): boolean {
+  return typeof (server as unknown as { updateSettings?: unknown }).updateSettings === 'function' && !(server instanceof http.Server);
+}
+
+registerAdapter({
+  name: 'http',
+  matches: (server) => server instanceof http.Server || server instanceof https.Server || isHttp2Server(server),
+  create: (server) => {
+    const http2 = isHttp2Server(server);
+    // An Http2SecureServer is a tls.Server; an https.Server too; h2c is a plain net.Server.
+    const tls = server instanceof https.Server || (http2 && typeof (server as unknown as { setSecureContext?: unknown }).setSecureContext === 'function');
+    return new HttpAdapter(server as http.Server, { tls, http2 });
+  },
+});

@@ -8,6 +8,7 @@ import { closeFds } from '../listeners';
 import type { ConnEntry, Message } from '../protocol';
 import type { ControlSession } from '../session';
 import { adoptSocket, attachToServer, serverAllowsHalfOpen } from '../runtime';
+import { fault } from '../faults';
 import { fdCredit } from './credit';
 import type { AdoptHandler } from './types';
 
@@ -24,6 +25,8 @@ export interface AdopterHooks {
   track(socket: net.Socket, key: string): void;
   /** Report an adoption that failed after the ACK (the application's handler threw). */
   failed(err: HandoverError): void;
+  /** The predecessor's pid as this process sees it (for test fault points). */
+  readonly peerPid: number | undefined;
 }
 
 type Target = NonNullable<ReturnType<AdopterHooks['serverFor']>>;
@@ -89,6 +92,7 @@ export class ConnectionAdopter {
         return true;
       }
       socket.write(message.data, ack);
+      fault('late-write', 'successor', this.hooks.peerPid);
       return true;
     }
     return false;
@@ -137,6 +141,7 @@ export class ConnectionAdopter {
     });
     debug('adopted %d, refused %d', acked.length, refused.length);
     const start = (): void => {
+      fault('conn-acked', 'successor', this.hooks.peerPid);
       for (const { socket, entry, pending, unflushed, target } of started) this.start(socket, entry, pending, unflushed, target);
     };
     // The channel pauses so that this process serves between batches instead of adopting only.

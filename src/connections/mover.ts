@@ -6,6 +6,7 @@ import { HandoverError } from '../errors';
 import type { Message } from '../protocol';
 import type { ControlSession } from '../session';
 import { detachHandle, runtimeCapabilities, socketFd, socketProblems } from '../runtime';
+import { fault } from '../faults';
 import { Outbox } from './outbox';
 import { freeze, waitWritesFlushed, writesFlushed } from './freeze';
 import { MoveWrites } from './writes';
@@ -18,6 +19,8 @@ export interface MoverHooks {
   keyOf(socket: net.Socket): string | undefined;
   /** Called when the successor acknowledged a socket (it now belongs to the successor). */
   moved(socket: net.Socket): void;
+  /** The successor's pid as this process sees it (for test fault points). */
+  readonly peerPid: number | undefined;
 }
 
 export interface MoverOptions {
@@ -62,9 +65,9 @@ export class ConnectionMover {
     private readonly hooks: MoverHooks,
     options: MoverOptions = {},
   ) {
-    this.writes = new MoveWrites(session);
+    this.writes = new MoveWrites(session, hooks.peerPid);
     // A connection that could not be sent stays here (unless already answered or handed back).
-    this.outbox = new Outbox(session, options.credit, () => this.writes.maxBody, (entry, err) => {
+    this.outbox = new Outbox(session, hooks.peerPid, options.credit, () => this.writes.maxBody, (entry, err) => {
       if (this.moving.delete(entry.id)) this.giveBack(entry, err);
     });
   }
@@ -158,6 +161,7 @@ export class ConnectionMover {
       this.outbox.answered(answersBatch, message.credit);
       for (const id of message.acked) this.onAck(id);
       for (const { id, reason } of message.refused) this.onNack(id, reason);
+      if (answersBatch) fault('conn-acked', 'predecessor', this.hooks.peerPid);
       this.outbox.flush();
       this.settled?.();
       return true;
@@ -258,14 +262,22 @@ export class ConnectionMover {
     }
   }
 
-  /** close: the session ended. Unacknowledged connections stay here; late writes fail. */
-  close(): void {
+  /**
+   * close: the session ended. Connections not yet sent stay here; late writes fail. Sent but
+   * unanswered ones are handed back when the successor is gone, but with `successorAlive` (it left
+   * the link alive: it may hold them) they are closed here, frozen, as at the settle timeout.
+   */
+  close(options: { successorAlive?: boolean } = {}): void {
     if (this.closed) return;
     this.closed = true;
     const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the successor went away before acknowledging the connection; it stays here');
     this.giveBackFlushing(err);
     this.outbox.close();
-    this.outbox.takeAll();
+    for (const entry of this.outbox.takeAll()) {
+      this.moving.delete(entry.id);
+      this.giveBack(entry, err);
+    }
+    if (options.successorAlive === true) this.abandonUnanswered();
     for (const entry of [...this.moving.values()]) {
       this.moving.delete(entry.id);
       // Queued entries have no dup yet; sent ones' dups belong to the channel.

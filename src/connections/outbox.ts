@@ -6,6 +6,7 @@ import { HandoverError } from '../errors';
 import type { ConnEntry } from '../protocol';
 import type { ControlSession } from '../session';
 import { deferClose, socketFd } from '../runtime';
+import { fault } from '../faults';
 import { CreditWindow } from './credit';
 import type { Moving } from './types';
 
@@ -36,6 +37,7 @@ export class Outbox {
    */
   constructor(
     private readonly session: ControlSession,
+    private readonly peerPid: number | undefined,
     credit: number | undefined,
     private readonly maxBody: () => number,
     private readonly stays: (entry: Moving, err: HandoverError) => void,
@@ -156,7 +158,10 @@ export class Outbox {
     this.credit.sent(fds.length);
     // Owned dups are the channel's now: closed once in the kernel, whatever happens.
     return this.session.send({ type: 'CONN', conns, body: Buffer.concat(parts), fds }, { closeFdsAfterSend: ownsFds }).then(
-      () => this.scheduleFlush(),
+      () => {
+        fault('conn-sent', 'predecessor', this.peerPid);
+        this.scheduleFlush();
+      },
       (err: Error) => {
         if (this.closed || this.session.isClosed) return; // the mover's close() gives every unacknowledged connection back
         // Refused by the channel itself (too large): these connections never left.

@@ -2,6 +2,7 @@
 // acknowledged WRITE frames after the move, or given back in order when the connection stays.
 import { HandoverError } from '../errors';
 import type { ControlSession } from '../session';
+import { fault } from '../faults';
 import { finalDirect, overrideWrites, restoreWrites, writevDirect } from '../runtime';
 import type { Moving } from './types';
 
@@ -13,7 +14,10 @@ export class MoveWrites {
   private readonly pendingWriteAcks = new Map<string, (err?: Error | null) => void>();
   private closed = false;
 
-  constructor(private readonly session: ControlSession) {}
+  constructor(
+    private readonly session: ControlSession,
+    private readonly peerPid: number | undefined,
+  ) {}
 
   /** Bytes one CONN or WRITE frame may carry in its body, leaving the JSON header its share. */
   get maxBody(): number {
@@ -83,11 +87,14 @@ export class MoveWrites {
       const seq = ++entry.writeSeq;
       const ackKey = `${entry.id}:${seq}`;
       if (last) this.pendingWriteAcks.set(ackKey, cb);
-      this.session.send({ type: 'WRITE', id: entry.id, seq, data: piece }).catch((err: Error) => {
-        const pendingCb = this.pendingWriteAcks.get(ackKey);
-        this.pendingWriteAcks.delete(ackKey);
-        pendingCb?.(err);
-      });
+      this.session
+        .send({ type: 'WRITE', id: entry.id, seq, data: piece })
+        .then(() => fault('late-write', 'predecessor', this.peerPid))
+        .catch((err: Error) => {
+          const pendingCb = this.pendingWriteAcks.get(ackKey);
+          this.pendingWriteAcks.delete(ackKey);
+          pendingCb?.(err);
+        });
       if (last) break;
     }
   }

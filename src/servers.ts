@@ -1,0 +1,160 @@
+// The servers given to listen(): binding each to an inherited or a fresh socket, offering dups of
+// their listening fds to a successor, and stopping or resuming accepting during retirement.
+import * as fs from 'node:fs';
+import type * as net from 'node:net';
+import createDebug from 'debug';
+import { binding, isNativeError } from './native';
+import { HandoverError } from './errors';
+import { closeFds, listenOnFd, listenWith, serverFd, stopAccepting, type InheritedListener, type ListenTarget } from './listeners';
+import type { ListenerEntry, ListenerKind } from './protocol';
+import type { ServerAdapter } from './adapters/adapter';
+import type { AdoptHandler } from './connections';
+
+const debug = createDebug('handover:servers');
+
+export interface ServerEntry {
+  readonly server: net.Server;
+  readonly key: string;
+  readonly kind: ListenerKind;
+  readonly backlog: number | undefined;
+  readonly adapter: ServerAdapter | undefined;
+  readonly adopt: AdoptHandler | undefined;
+  /** A dup of the listening fd, kept while retiring so that a rollback can accept again. */
+  keptFd?: number;
+}
+
+/** ServerSet owns the servers of one generation by listener key. */
+export class ServerSet {
+  private readonly entries = new Map<string, ServerEntry>();
+
+  has(key: string): boolean {
+    return this.entries.has(key);
+  }
+
+  get(key: string): ServerEntry | undefined {
+    return this.entries.get(key);
+  }
+
+  values(): IterableIterator<ServerEntry> {
+    return this.entries.values();
+  }
+
+  /**
+   * bind makes `server` listen on the inherited socket if there is one, else on a fresh one (unix
+   * paths bound by us: libuv unlinks a path it bound when the server closes, which would pull it
+   * from under the successor that inherits the socket).
+   */
+  async bind(server: net.Server, target: ListenTarget, inherited: InheritedListener | undefined): Promise<void> {
+    if (inherited) {
+      debug('listen %s on inherited fd %d', inherited.key, inherited.fd);
+      await listenOnFdOrClose(server, inherited.fd, target.backlog);
+    } else if (target.path !== undefined) {
+      await listenOnFdOrClose(server, bindUnixPath(target.path, target.backlog ?? 511), target.backlog);
+    } else {
+      const options: net.ListenOptions = { port: target.port ?? 0 };
+      if (target.host !== undefined && target.host !== '') options.host = target.host;
+      if (target.backlog !== undefined) options.backlog = target.backlog;
+      if (target.ipv6Only !== undefined) options.ipv6Only = target.ipv6Only;
+      await listenWith(server, options);
+    }
+  }
+
+  add(entry: ServerEntry): void {
+    this.entries.set(entry.key, entry);
+  }
+
+  /**
+   * offer duplicates the listening fd of every server still listening (a server the application
+   * closed is not offered). The dups travel; the servers' own fds stay untouched whatever happens.
+   */
+  offer(): { listeners: ListenerEntry[]; fds: number[] } {
+    const native = binding();
+    const listeners: ListenerEntry[] = [];
+    const fds: number[] = [];
+    try {
+      for (const entry of this.entries.values()) {
+        if (!entry.server.listening) continue;
+        fds.push(native.dup(serverFd(entry.server)));
+        listeners.push({ key: entry.key, kind: entry.kind });
+      }
+    } catch (err) {
+      closeFds(fds);
+      throw new HandoverError('ERR_UPGRADE_REFUSED', `cannot duplicate a listening socket: ${(err as Error).message}`, { cause: err });
+    }
+    return { listeners, fds };
+  }
+
+  /**
+   * stopAccepting closes every server's listening handle, keeping a dup of its fd first: the
+   * kernel socket and its accept queue stay alive for the successor, and for a rollback.
+   */
+  stopAccepting(): void {
+    const native = binding();
+    for (const entry of this.entries.values()) {
+      if (entry.keptFd !== undefined || !entry.server.listening) continue;
+      try {
+        entry.keptFd = native.dup(serverFd(entry.server));
+        stopAccepting(entry.server);
+      } catch (err) {
+        debug('stop accepting %s: %s', entry.key, (err as Error).message);
+      }
+    }
+  }
+
+  /** resumeAccepting listens again on every kept fd (rollback); failures are reported, the rest resume. */
+  resumeAccepting(report: (err: HandoverError) => void): void {
+    for (const entry of this.entries.values()) {
+      const fd = entry.keptFd;
+      if (fd === undefined) continue;
+      delete entry.keptFd;
+      listenOnFd(entry.server, fd, entry.backlog).catch((err: Error) => {
+        closeFds([fd]);
+        report(new HandoverError('ERR_HANDOVER_INVALID_STATE', `rollback: cannot accept again on ${entry.key}: ${err.message}`, { cause: err }));
+      });
+    }
+  }
+
+  /** releaseKept closes the kept dups: the successor owns the listening sockets for good. */
+  releaseKept(): void {
+    for (const entry of this.entries.values()) {
+      if (entry.keptFd !== undefined) closeFds([entry.keptFd]);
+      delete entry.keptFd;
+    }
+  }
+
+  /** closeListeners stops every server accepting, keeping nothing (a successor that gives up after READY). */
+  closeListeners(): void {
+    for (const entry of this.entries.values()) {
+      if (entry.server.listening) stopAccepting(entry.server);
+    }
+  }
+}
+
+async function listenOnFdOrClose(server: net.Server, fd: number, backlog: number | undefined): Promise<void> {
+  try {
+    await listenOnFd(server, fd, backlog);
+  } catch (err) {
+    closeFds([fd]);
+    throw err;
+  }
+}
+
+/** bindUnixPath binds a unix stream socket at `path`, replacing a stale socket file nobody listens on. */
+function bindUnixPath(socketPath: string, backlog: number): number {
+  const native = binding();
+  try {
+    return native.unixStreamListen(socketPath, backlog);
+  } catch (err) {
+    if (!isNativeError(err) || err.code !== 'EADDRINUSE') throw err;
+    let stale = false;
+    try {
+      native.close(native.unixStreamConnect(socketPath));
+    } catch (connectErr) {
+      // EAGAIN: a live listener with a full backlog; only ECONNREFUSED means nobody listens.
+      stale = isNativeError(connectErr) && connectErr.code === 'ECONNREFUSED';
+    }
+    if (!stale || !fs.lstatSync(socketPath).isSocket()) throw err;
+    fs.rmSync(socketPath, { force: true });
+    return native.unixStreamListen(socketPath, backlog);
+  }
+}
