@@ -148,6 +148,8 @@ describe('a predecessor that sends fds that are not connections', () => {
     await session.send({ type: 'LISTENERS', pid: process.pid, listeners: [], fds: [] });
     await session.next(['READY'], 10_000, 'READY');
     await session.send({ type: 'READY_ACK' });
+    // The successor says COMMIT once it owns control.sock and pid; then it serves.
+    await session.next(['COMMIT'], 10_000, 'COMMIT');
     await group.waitForLine(/^ready pid=(\d+) port=(\d+) gen=successor/, { since: 0 });
 
     const [readEnd, writeEnd] = pipePair();
