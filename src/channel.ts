@@ -240,7 +240,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
     debug('channel fd %d failed: %s', this.fd, err.message);
     this.failure = err;
     // Close first so that listeners of 'error' see a closed channel with nothing leaked; both
-    // events come after the current change ('error' first, then 'close').
+    // events come after the current change (in that order: 'close', then 'error').
     this.close();
     process.nextTick(() => {
       if (this.listenerCount('error') > 0) this.emit('error', err);

@@ -61,9 +61,9 @@ export type Message =
   | { type: 'BYE'; reason: string }
   /** The successor gives up: it closed its listeners and will not serve (the predecessor rolls back). */
   | { type: 'ABORT'; reason: string }
-  /** Is a generation alive behind this control socket? Answered with PONG in any state, changing nothing. */
   /** The successor took over control.sock and pid: the predecessor may finish retiring. */
   | { type: 'COMMIT' }
+  /** Is a generation alive behind this control socket? The first message of a link, answered with PONG, changing nothing. */
   | { type: 'PING' }
   | { type: 'PONG'; pid: number };
 

@@ -100,6 +100,7 @@ export class SpawnedSuccessor extends EventEmitter<{ failed: [HandoverError] }> 
   private readonly child: ChildProcess | undefined;
   private readonly timer: NodeJS.Timeout;
   private settled = false;
+  private killed = false;
 
   constructor(command: SuccessorCommand, readyTimeout: number, private readonly os: ProcessLayer = systemProcesses) {
     super();
@@ -161,7 +162,8 @@ export class SpawnedSuccessor extends EventEmitter<{ failed: [HandoverError] }> 
 
   private killGroup(): void {
     const child = this.child;
-    if (child?.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    if (this.killed || child?.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    this.killed = true;
     try {
       this.os.kill(-child.pid, 'SIGKILL');
     } catch {

@@ -168,7 +168,10 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       if ((this.state as UpgraderState) !== 'starting') throw new HandoverError('ERR_HANDOVER_STOPPED', 'the upgrader was stopped before it was ready');
     } catch (err) {
       abandonControl(prepared);
-      if ((this.state as UpgraderState) === 'stopped') await predecessor?.abort('the successor was stopped');
+      // The predecessor may have stopped accepting on READY: never leave it retiring towards a
+      // successor that will not serve. Close the listeners, then say so (ABORT: it rolls back).
+      this.servers.closeListeners();
+      await predecessor?.abort(`the successor failed before it was ready: ${(err as Error).message}`);
       throw err;
     }
     try {
