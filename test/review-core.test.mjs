@@ -1,0 +1,58 @@
+// Review findings on the restructured core, each with real processes. These tests state what the
+// promises require; the ones that fail on main name a defect (see the review report).
+import { test, describe, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { Sandbox, fixtures, get } from './helpers.mjs';
+
+const serverScript = path.join(fixtures, 'server.mjs');
+const reviewSuccessor = path.join(fixtures, 'review-successor.mjs');
+const sandbox = new Sandbox();
+afterEach(() => sandbox.cleanup());
+
+function setup() {
+  const group = sandbox.group();
+  const base = sandbox.dir();
+  const dir = path.join(base, 'ctl');
+  return { group, dir, env: { HANDOVER_DIR: dir, MODE_FILE: path.join(base, 'mode'), READY_TIMEOUT: '3000', GRACEFUL_TIMEOUT: '5000' } };
+}
+
+async function startFirst(group, env) {
+  const child = group.start([serverScript], { env });
+  const [, pid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+) gen=first/, { since: 0 });
+  return { child, pid: Number(pid), port: Number(port) };
+}
+
+describe('review: nobody serves after a successor that leaves the link and then exits', () => {
+  // What a real successor does when READY_ACK comes later than its readyTimeout, or when stop() is
+  // called during ready(): PredecessorLink.ready() closes the link (no ABORT), ready() rejects and
+  // the application goes away, slower than the predecessor's 1 s wait for it to be gone.
+  test('READY acknowledged, link closed without COMMIT, successor exits 1.5 s later: the predecessor must roll back', async () => {
+    const { group, dir, env } = setup();
+    const first = await startFirst(group, env);
+    const peer = group.start([reviewSuccessor, path.join(dir, 'control.sock'), 'hello', 'ready', 'close', 'linger=1500']);
+    await group.waitForLine(/^ready-acked/, { since: 0 });
+    await group.waitForLine(/^exiting pid=/, { since: 0 });
+    await peer.exited;
+    // The successor never took over and is gone: the predecessor must be accepting again.
+    const res = await get(first.port).catch((err) => ({ status: 0, body: err.code }));
+    assert.equal(res.body, String(first.pid), group.lines.join('\n'));
+    assert.ok(group.lines.some((line) => line.startsWith('rollback')), group.lines.join('\n'));
+  });
+
+  // Retirement.run() waits for the decision about a link that ended only when COMMIT never came:
+  // with COMMIT received, it finishes retiring while the decision (is the successor gone?) is pending.
+  test('COMMIT, then the link ends while a slow request keeps the predecessor retiring, successor exits 0.6 s later: the predecessor must roll back', async () => {
+    const { group, dir, env } = setup();
+    const first = await startFirst(group, env);
+    const slow = get(first.port, '/slow?ms=300');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const peer = group.start([reviewSuccessor, path.join(dir, 'control.sock'), 'hello', 'ready', 'commit', 'close', 'linger=600']);
+    await group.waitForLine(/^ready-acked/, { since: 0 });
+    assert.equal((await slow).body, String(first.pid));
+    await peer.exited;
+    const res = await get(first.port).catch((err) => ({ status: 0, body: err.code }));
+    assert.equal(res.body, String(first.pid), group.lines.join('\n'));
+    assert.ok(group.lines.some((line) => line.startsWith('rollback')), group.lines.join('\n'));
+  });
+});
