@@ -3,7 +3,8 @@
 import { test, describe, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { Sandbox, fixtures, get } from './helpers.mjs';
+import { createUpgrader } from 'handover';
+import { Sandbox, fdList, fixtures, get, sleep } from './helpers.mjs';
 
 const serverScript = path.join(fixtures, 'server.mjs');
 const reviewSuccessor = path.join(fixtures, 'review-successor.mjs');
@@ -54,5 +55,27 @@ describe('review: nobody serves after a successor that leaves the link and then 
     const res = await get(first.port).catch((err) => ({ status: 0, body: err.code }));
     assert.equal(res.body, String(first.pid), group.lines.join('\n'));
     assert.ok(group.lines.some((line) => line.startsWith('rollback')), group.lines.join('\n'));
+  });
+});
+
+describe('review: stop() before the predecessor answered', () => {
+  // Upgrader.start() stores the link and the inherited fds when PredecessorLink.connect resolves,
+  // without looking at the state: after stop() they are never closed.
+  test('stop() right after createUpgrader(): the link and the inherited listener are closed, and the predecessor can upgrade at once', async () => {
+    const { group, dir, env } = setup();
+    const first = await startFirst(group, env);
+    const before = fdList().filter((fd) => fd.includes('socket:')).length;
+    const upgrader = createUpgrader({ dir, readyTimeout: 3000 });
+    upgrader.on('warning', () => undefined);
+    upgrader.stop();
+    assert.equal(upgrader.state, 'stopped');
+    await upgrader.inheritListeners().catch(() => undefined);
+    await sleep(200);
+    const after = fdList().filter((fd) => fd.includes('socket:')).length;
+    // The predecessor must not stay 'upgrading' on a link nobody will ever use (until readyTimeout).
+    const since = group.lines.length;
+    process.kill(first.pid, 'SIGHUP');
+    const [line] = await group.waitForLine(/^(upgraded pid=\d+|upgrade-failed code=\S+)/, { since });
+    assert.deepEqual({ socketsLeft: after - before, line: line.replace(/\d+$/, 'N') }, { socketsLeft: 0, line: 'upgraded pid=N' }, group.lines.join('\n'));
   });
 });
