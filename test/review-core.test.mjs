@@ -3,6 +3,7 @@
 import { test, describe, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { createUpgrader } from 'handover';
 import { Sandbox, fdList, fixtures, get, sleep } from './helpers.mjs';
 
@@ -77,5 +78,31 @@ describe('review: stop() before the predecessor answered', () => {
     process.kill(first.pid, 'SIGHUP');
     const [line] = await group.waitForLine(/^(upgraded pid=\d+|upgrade-failed code=\S+)/, { since });
     assert.deepEqual({ socketsLeft: after - before, line: line.replace(/\d+$/, 'N') }, { socketsLeft: 0, line: 'upgraded pid=N' }, group.lines.join('\n'));
+  });
+});
+
+describe('review: READY under fd pressure', () => {
+  // ServerSet.stopAccepting() dups each listening fd before closing the handle; when the dup fails
+  // (EMFILE) it only logs, and that server keeps accepting while READY_ACK still goes out.
+  test('no free fd at READY: either READY is refused, or the predecessor stops accepting', async () => {
+    const { group, dir, env } = setup();
+    const first = await startFirst(group, env);
+    execFileSync('prlimit', ['--pid', String(first.pid), '--nofile=256:256']);
+    const peer = group.start([reviewSuccessor, path.join(dir, 'control.sock'), 'hello', 'sleep=1000', 'ready']);
+    await group.waitForLine(/^listeners n=1/, { since: 0 });
+    process.kill(first.pid, 'SIGUSR1');
+    await group.waitForLine(/^fds exhausted/, { since: 0 });
+    const [answer] = await group.waitForLine(/^(ready-acked|refused code=\S+|ready-error code=\S+)/, { since: 0 });
+    process.kill(first.pid, 'SIGUSR1');
+    await group.waitForLine(/^fds released/, { since: 0 });
+    // Deterministic: with the peer stopped (SIGSTOP) only the predecessor could accept a new
+    // connection. After READY_ACK it must not: the request waits in the accept queue for the peer.
+    process.kill(peer.pid, 'SIGSTOP');
+    const pending = get(first.port);
+    await sleep(500);
+    process.kill(peer.pid, 'SIGCONT');
+    const { body } = await pending;
+    const expected = answer === 'ready-acked' ? `peer ${peer.pid}` : String(first.pid);
+    assert.deepEqual({ answer, body }, { answer, body: expected }, group.lines.join('\n'));
   });
 });
