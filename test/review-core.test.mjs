@@ -4,7 +4,9 @@ import { test, describe, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
+import * as http from 'node:http';
 import { createUpgrader } from 'handover';
+import { setFaultHook } from 'handover/testing';
 import { Sandbox, fdList, fixtures, get, sleep } from './helpers.mjs';
 
 const serverScript = path.join(fixtures, 'server.mjs');
@@ -104,5 +106,47 @@ describe('review: READY under fd pressure', () => {
     const { body } = await pending;
     const expected = answer === 'ready-acked' ? `peer ${peer.pid}` : String(first.pid);
     assert.deepEqual({ answer, body }, { answer, body: expected }, group.lines.join('\n'));
+  });
+});
+
+describe('review: stop() while retiring', () => {
+  // Successors.stop() -> Retirement.successorLeft() -> ConnectionMover.close() hands back every
+  // connection sent and not yet answered, although the successor is alive and may have adopted it
+  // (its CONN_ACK unread in the closed channel): two readers of one socket.
+  test('a connection the successor acknowledged (ACK not yet read) is not served here after stop()', async () => {
+    const group = sandbox.group();
+    const dir = path.join(sandbox.dir(), 'ctl');
+    const upgrader = createUpgrader({ dir, readyTimeout: 3000, gracefulTimeout: 3000 });
+    upgrader.on('warning', () => undefined);
+    const server = http.createServer((req, res) => res.end(`here ${process.pid}`));
+    await upgrader.listen(server, { port: 0, host: '127.0.0.1' });
+    await upgrader.ready();
+    const { port } = server.address();
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    assert.equal((await get(port, '/', { agent })).body, `here ${process.pid}`);
+    const block = new Int32Array(new SharedArrayBuffer(4));
+    setFaultHook((point, { role }) => {
+      if (role !== 'predecessor' || point !== 'conn-sent') return;
+      // Let the successor adopt and acknowledge while this loop cannot read the ACK, then stop.
+      Atomics.wait(block, 0, 0, 1500);
+      upgrader.stop();
+    });
+    try {
+      const peer = group.start([reviewSuccessor, path.join(dir, 'control.sock'), 'hello', 'ready', 'adopt']);
+      await group.waitForLine(/^adopted n=1/, { since: 0 });
+      await sleep(100);
+      assert.equal(upgrader.state, 'stopped');
+      // Only the successor may read this connection now: with it stopped, nobody answers.
+      process.kill(peer.pid, 'SIGSTOP');
+      const pending = get(port, '/', { agent });
+      await sleep(500);
+      process.kill(peer.pid, 'SIGCONT');
+      const { body } = await pending;
+      assert.equal(body, `peer ${peer.pid}`, group.lines.join('\n'));
+    } finally {
+      setFaultHook(undefined);
+      agent.destroy();
+      server.close();
+    }
   });
 });
