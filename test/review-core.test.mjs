@@ -5,7 +5,11 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import * as http from 'node:http';
-import { createUpgrader } from 'handover';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { createUpgrader, ChannelListener, listenerKey } from 'handover';
+import { ControlSession } from '../dist/session.js';
+import { binding } from '../dist/native.js';
 import { setFaultHook } from 'handover/testing';
 import { Sandbox, fdList, fixtures, get, sleep } from './helpers.mjs';
 
@@ -147,6 +151,48 @@ describe('review: stop() while retiring', () => {
       setFaultHook(undefined);
       agent.destroy();
       server.close();
+    }
+  });
+});
+
+describe('review: a real successor that gives up after READY says ABORT', () => {
+  // upgrader.ts now closes the listeners and calls predecessor.abort() when ready() fails, but
+  // PredecessorLink.ready() has already closed the session on a timeout or a refusal, so abort()
+  // returns at once (session.isClosed) and no ABORT is sent: the predecessor only sees a close.
+  test('READY_ACK never comes within readyTimeout: the predecessor receives ABORT before the close', async () => {
+    const group = sandbox.group();
+    const dir = path.join(sandbox.dir(), 'ctl');
+    fs.mkdirSync(dir, { mode: 0o700 });
+    const tcp = net.createServer();
+    await new Promise((resolve) => tcp.listen({ port: 0, host: '127.0.0.1' }, resolve));
+    const { port } = tcp.address();
+    const control = new ChannelListener(path.join(dir, 'control.sock'));
+    const seen = [];
+    const ended = new Promise((resolve) => {
+      control.once('channel', (channel) => {
+        const session = new ControlSession(channel, 'fake-predecessor');
+        session.on('close', () => {
+          seen.push('close');
+          resolve();
+        });
+        session.onMessage((message) => {
+          seen.push(message.type);
+          if (message.type === 'HELLO') {
+            const fd = binding().dup(tcp._handle.fd);
+            session.send({ type: 'LISTENERS', pid: process.pid, listeners: [{ key: listenerKey({ host: '127.0.0.1', port }).key, kind: 'tcp' }], fds: [fd] }, { closeFdsAfterSend: true }).catch(() => undefined);
+          }
+          // READY is never acknowledged: this predecessor is stalled.
+        });
+      });
+    });
+    try {
+      group.start([serverScript], { env: { HANDOVER_DIR: dir, PORT: String(port), READY_TIMEOUT: '1000', GRACEFUL_TIMEOUT: '1000' } });
+      await group.waitForLine(/^ready-failed code=/, { since: 0 });
+      await ended;
+      assert.deepEqual(seen, ['HELLO', 'READY', 'ABORT', 'close'], group.lines.join('\n'));
+    } finally {
+      control.close();
+      tcp.close();
     }
   });
 });
