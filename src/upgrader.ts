@@ -90,6 +90,11 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   private async start(): Promise<void> {
     const found = await PredecessorLink.connect(this.dir, { ...this.generation.options, os: this.os });
     if (!found) return;
+    if (this.state === 'stopped') {
+      found.link.close();
+      closeFds(found.listeners.map((l) => l.fd));
+      return;
+    }
     this.predecessor = found.link;
     for (const listener of found.listeners) this.inherited.set(listener.key, listener);
     for (const warning of found.warnings) this.warn(warning);
@@ -195,6 +200,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     if (predecessor?.phase === 'ready') this.adoptFrom(predecessor);
     else this.predecessor = undefined;
     this.emit('ready', { pid: process.pid, predecessorPid: predecessor?.pid });
+    if (predecessor && predecessor.phase !== 'ready') this.emit('predecessorRetired', { pid: predecessor.pid, clean: false });
   }
 
   /** adoptFrom takes the connections the predecessor moves here, until it says BYE or goes away. */
@@ -252,7 +258,11 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     this.successors.stop();
     // A successor that stops its upgrader still serves: say so, so that the predecessor never rolls back.
     if (this.predecessor?.phase === 'ready') void this.predecessor.bye('the successor stopped its upgrader');
-    else this.predecessor?.close();
+    else if (this.predecessor?.phase === 'offered' && this.readyPromise) {
+      // Stopped while ready() waits for READY_ACK: give up the way a failed successor does.
+      this.servers.closeListeners();
+      void this.predecessor.abort('the successor was stopped before it was ready');
+    } else this.predecessor?.close();
     this.predecessor = undefined;
     closeFds([...this.inherited.values()].map((l) => l.fd));
     this.inherited.clear();
