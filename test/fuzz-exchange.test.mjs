@@ -122,10 +122,14 @@ const stepArb = fc.oneof(
   { weight: 5, arbitrary: fc.constant({ op: 'ready' }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('conn-ack'), acked: fc.array(id, { maxLength: 3 }), refused: fc.array(fc.record({ id, reason: fc.string({ maxLength: 10 }) }), { maxLength: 2 }) }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('write-ack'), id, seq: fc.nat({ max: 5 }) }) },
+  { weight: 1, arbitrary: fc.constant({ op: 'ping' }) },
+  { weight: 2, arbitrary: fc.constant({ op: 'commit' }) },
+  { weight: 1, arbitrary: fc.constant({ op: 'abort' }) },
+  { weight: 1, arbitrary: fc.constant({ op: 'bye' }) },
   // Messages the predecessor sends, never receives (LISTENERS and CONN with fds of any kind).
   {
     weight: 2,
-    arbitrary: fc.record({ message: messageArb.filter((m) => !['HELLO', 'READY', 'CONN_ACK', 'WRITE_ACK'].includes(m.type)), kind: fdKind }).map(({ message, kind }) => ({
+    arbitrary: fc.record({ message: messageArb.filter((m) => !['HELLO', 'READY', 'CONN_ACK', 'WRITE_ACK', 'PING', 'COMMIT', 'ABORT', 'BYE'].includes(m.type)), kind: fdKind }).map(({ message, kind }) => ({
       op: 'message',
       message,
       kinds: new Array('fds' in message ? message.fds : 0).fill(kind),
@@ -143,7 +147,7 @@ const stepArb = fc.oneof(
         .filter((h) => !(h.magic === 0x484f && h.version === 1 && h.flags === 3 && h.length === 0 && h.fdCount === h.kinds.length))
         .map(({ kinds, ...h }) => ({ op: 'garbage', hex: chunkHeader(h).toString('hex'), kinds })),
       // A well-formed chunk whose message type is unknown or whose header is not JSON.
-      fc.record({ type: fc.constantFrom(0, 11, 200), body: fc.constantFrom('{}', 'not json', '[]') }).map(({ type, body }) => {
+      fc.record({ type: fc.constantFrom(0, 99, 200), body: fc.constantFrom('{}', 'not json', '[]') }).map(({ type, body }) => {
         const json = Buffer.from(body);
         const payload = Buffer.concat([Buffer.from([type, 0, 0, 0, json.length]), json]);
         return { op: 'garbage', hex: chunksOf(payload, 0, [], [])[0].data.toString('hex'), kinds: [] };
@@ -158,7 +162,7 @@ function reachesReady(steps) {
   let phase = 'connected';
   for (const step of steps) {
     if (phase === 'closed') phase = 'connected';
-    phase = step.op === 'disconnect' ? 'closed' : expectation(phase, step).next;
+    phase = expectation(phase, step).next;
     if (phase === 'ready') return true;
   }
   return false;
@@ -195,6 +199,14 @@ function toDatagram(step, peerPid) {
       return datagram({ type: 'CONN_ACK', acked: step.acked, refused: step.refused });
     case 'write-ack':
       return datagram({ type: 'WRITE_ACK', id: step.id, seq: step.seq });
+    case 'ping':
+      return datagram({ type: 'PING' });
+    case 'commit':
+      return datagram({ type: 'COMMIT' });
+    case 'abort':
+      return datagram({ type: 'ABORT', reason: 'fuzz gives up' });
+    case 'bye':
+      return datagram({ type: 'BYE', reason: 'fuzz leaves' });
     case 'message':
       return datagram(step.message, step.kinds);
     case 'stray-fds':
@@ -206,18 +218,41 @@ function toDatagram(step, peerPid) {
 }
 
 /**
- * The rules of the exchange, from the predecessor's side, per link: connected -> (HELLO v1)
- * offered -> (READY) ready. A HELLO of another version is refused. Anything else before READY is a
- * protocol error (the link closes, a warning); after READY the predecessor is retiring and only
- * acknowledgements of what it sent are valid.
+ * The rules of the exchange, from the predecessor's side, per link (src/lifecycle.ts FROM_SUCCESSOR):
+ *   connected: HELLO (v1: LISTENERS; another version: REFUSED, closed), PING (PONG)
+ *   offered:   READY (READY_ACK), ABORT (closed, no warning)
+ *   ready:     COMMIT, CONN_ACK, WRITE_ACK, ABORT (the successor gave up: rollback), BYE (it left, serving)
+ * Anything else is a protocol error: before READY the link closes with a warning; after READY the
+ * successor serves on ('left'), the predecessor finishes retiring. Phases of this model: connected,
+ * offered, ready, committed (COMMIT seen), left (link ended after READY, the successor serves),
+ * closed (no successor: the predecessor serves). `skip`: a step a live, serving successor would not
+ * take here (dying or giving up after COMMIT: outages that are not the predecessor's doing).
  */
 function expectation(phase, step) {
-  if (step.op === 'hello' && phase === 'connected') {
-    return step.version === undefined ? { reply: 'LISTENERS', next: 'offered' } : { reply: 'REFUSED', code: 'ERR_HANDOVER_VERSION', next: 'closed' };
+  const protocolError = { protocolError: true, next: 'closed' };
+  switch (phase) {
+    case 'connected':
+      if (step.op === 'hello') return step.version === undefined ? { reply: 'LISTENERS', next: 'offered' } : { reply: 'REFUSED', code: 'ERR_HANDOVER_VERSION', next: 'closed' };
+      if (step.op === 'ping') return { reply: 'PONG', next: 'connected' };
+      if (step.op === 'disconnect') return { next: 'closed' };
+      return protocolError;
+    case 'offered':
+      if (step.op === 'ready') return { reply: 'READY_ACK', next: 'ready' };
+      if (step.op === 'abort') return { closes: true, next: 'closed' };
+      if (step.op === 'disconnect') return { next: 'closed' };
+      return protocolError;
+    case 'ready':
+    case 'committed': {
+      const committed = phase === 'committed';
+      if (step.op === 'commit' || step.op === 'write-ack' || (step.op === 'conn-ack' && step.acked.length === 0)) return { next: step.op === 'commit' ? 'committed' : phase };
+      // Before COMMIT the predecessor waits for the successor: giving up or dying is a rollback.
+      if (step.op === 'abort' || step.op === 'disconnect') return committed ? { skip: true, next: phase } : { closes: step.op === 'abort', rollback: true, next: 'closed' };
+      return { next: 'left' };
+    }
+    case 'left':
+      return step.op === 'disconnect' ? { skip: true, next: 'left' } : { next: 'left' };
   }
-  if (step.op === 'ready' && phase === 'offered') return { reply: 'READY_ACK', next: 'ready' };
-  if (phase === 'ready') return { next: 'ready' }; // retiring: the predecessor may close the link or not; one generation serves either way.
-  return { protocolError: true, next: 'closed' };
+  throw new Error(`no phase ${phase}`);
 }
 
 // ---- the property ----------------------------------------------------------------------------
@@ -234,42 +269,49 @@ async function runCase({ steps, slowRequest }) {
   const trail = [];
   const where = () => `after ${trail.join(' -> ') || 'connecting'}`;
 
+  let rollbacks = 0;
+  let readySince = runStart;
+  const serving = (phase) => phase === 'connected' || phase === 'offered' || phase === 'closed';
   for (const step of steps) {
     trail.push(describeStep(step));
-    if (phase === 'ready' && step.op === 'disconnect') {
-      // A successor that serves does not just vanish; one that dies after READY is the fault matrix's.
-      continue;
-    }
     if (phase === 'closed') {
-      // The link is gone (refused, broken or disconnected): the next step comes from a new successor.
+      // The link is gone (refused, broken, given up or disconnected): the next step comes from a new successor.
       if (!peer.gone) await command(peer, { op: 'exit' });
       await waitUntil(async () => (await stateOf(p)).state === 'serving', STEP_TIMEOUT, `the predecessor to serve alone again ${where()}`);
       peer = await startPeer(p, scratch);
       phase = 'connected';
     }
-    if (step.op === 'disconnect') {
-      await command(peer, { op: 'exit' });
-      phase = 'closed';
-    } else {
-      const expected = expectation(phase, step);
-      const since = peer.group.lines.length;
-      const warningsSince = p.group.lines.length;
-      await command(peer, { op: 'send', ...toDatagram(step, peer.pid) });
-      if (expected.reply) {
-        const [line] = await peer.group.waitForLine(/^(recv type=\S+ fds=\d+ code=\S*|closed)$/, { since, timeout: STEP_TIMEOUT }).catch(() => [`nothing within ${STEP_TIMEOUT} ms`]);
-        assert.match(line, new RegExp(`^recv type=${expected.reply} `), `${where()}: the predecessor answers ${expected.reply}`);
-        if (expected.code) assert.match(line, new RegExp(`code=${expected.code}$`));
-        if (expected.reply === 'LISTENERS') assert.doesNotMatch(line, /fds=0 /, 'LISTENERS carries the listening sockets');
-      }
-      if (expected.protocolError) {
-        protocolErrors++;
-        const [line] = await peer.group.waitForLine(/^(recv type=\S+ fds=\d+ code=\S*|closed)$/, { since, timeout: STEP_TIMEOUT }).catch(() => [`nothing within ${STEP_TIMEOUT} ms`]);
-        assert.equal(line, 'closed', `${where()}: a protocol error closes the link (the peer saw: ${line})`);
-        await p.group.waitForLine(/^warning code=ERR_HANDOVER_PROTOCOL/, { since: warningsSince, timeout: STEP_TIMEOUT });
-      }
-      phase = expected.next;
+    const expected = expectation(phase, step);
+    if (expected.skip) {
+      trail[trail.length - 1] += ' (skipped)';
+      continue;
     }
-    if (phase !== 'ready') assert.equal(await pidOf(p.port), p.pid, `${where()}: the predecessor serves on, same pid`);
+    const since = peer.group.lines.length;
+    const linesSince = p.group.lines.length;
+    if (step.op === 'ready') readySince = linesSince;
+    if (step.op === 'disconnect') await command(peer, { op: 'exit' });
+    else await command(peer, { op: 'send', ...toDatagram(step, peer.pid) });
+    const peerSaw = () => peer.group.waitForLine(/^(recv type=\S+ fds=\d+ code=\S*|closed)$/, { since, timeout: STEP_TIMEOUT }).then(([line]) => line, () => `nothing within ${STEP_TIMEOUT} ms`);
+    if (expected.reply) {
+      const line = await peerSaw();
+      assert.match(line, new RegExp(`^recv type=${expected.reply} `), `${where()}: the predecessor answers ${expected.reply} (the peer saw: ${line})`);
+      if (expected.code) assert.match(line, new RegExp(`code=${expected.code}$`));
+      if (expected.reply === 'LISTENERS') assert.doesNotMatch(line, /fds=0 /, 'LISTENERS carries the listening sockets');
+    }
+    if (expected.protocolError) {
+      protocolErrors++;
+      const line = await peerSaw();
+      assert.equal(line, 'closed', `${where()}: a protocol error closes the link (the peer saw: ${line})`);
+      await p.group.waitForLine(/^warning code=ERR_HANDOVER_PROTOCOL/, { since: linesSince, timeout: STEP_TIMEOUT });
+    }
+    if (expected.closes) assert.equal(await peerSaw(), 'closed', `${where()}: the predecessor closes the link`);
+    if (expected.rollback) {
+      rollbacks++;
+      const [line] = await p.group.waitForLine(/^(rollback|retired)/, { since: readySince, timeout: 15_000 });
+      assert.match(line, /^rollback/, `${where()}: a successor that ${step.op === 'abort' ? 'gave up' : 'died'} before COMMIT: the predecessor serves again`);
+    }
+    phase = expected.next;
+    if (serving(phase)) assert.equal(await pidOf(p.port), p.pid, `${where()}: the predecessor serves on, same pid`);
   }
 
   for (const line of p.group.lines.slice(runStart)) {
@@ -278,10 +320,12 @@ async function runCase({ steps, slowRequest }) {
   }
   const protocolWarnings = p.group.lines.slice(runStart).filter((line) => line.startsWith('warning code=ERR_HANDOVER_PROTOCOL')).length;
 
-  if (phase === 'ready') {
-    // A valid upgrade: the peer serves, the predecessor retires and exits; never both.
+  if (!serving(phase)) {
+    // A valid upgrade: the peer serves (as a successor does: COMMIT once it owns the directory),
+    // the predecessor retires and exits; never both.
+    if (phase === 'ready') await command(peer, { op: 'send', ...toDatagram({ op: 'commit' }, peer.pid) });
     await command(peer, { op: 'serve' });
-    const [outcome] = await p.group.waitForLine(/^(retired|rollback)/, { since: runStart, timeout: 15_000 });
+    const [outcome] = await p.group.waitForLine(/^(retired|rollback)/, { since: readySince, timeout: 15_000 });
     assert.match(outcome, /^retired/, `${where()}: the predecessor rolled back (${outcome}) while its successor (pid ${peer.pid}) lives and serves: two generations serve`);
     await waitUntil(() => !isAlive(p.pid), STEP_TIMEOUT, 'the retired predecessor to exit');
     p.group.pids.delete(p.pid);
@@ -294,7 +338,7 @@ async function runCase({ steps, slowRequest }) {
   if (!peer.gone) await command(peer, { op: 'exit' });
   if (slow) assert.equal((await slow).status, 200, 'the request in flight completes');
   assert.equal(await pidOf(p.port), p.pid, `${where()}: the predecessor serves on, same pid`);
-  assert.ok(!p.group.lines.slice(runStart).some((line) => line.startsWith('rollback')), 'no rollback without an upgrade');
+  assert.equal(p.group.lines.slice(runStart).filter((line) => line.startsWith('rollback')).length, rollbacks, 'a rollback only where a successor gave up or died before COMMIT');
   assert.ok(protocolWarnings >= protocolErrors, `every broken rule is a warning (${protocolWarnings} for ${protocolErrors})`);
   await waitUntil(async () => (await stateOf(p)).state === 'serving', STEP_TIMEOUT, 'the predecessor to serve alone');
   await waitUntil(() => fdCount(p.pid) === p.baseline, STEP_TIMEOUT, `the predecessor's fds to return to ${p.baseline} (now ${fdCount(p.pid)}) ${where()}`);

@@ -94,7 +94,7 @@ const stepsArb = (sameKey) =>
     fc.oneof(
       fc.record({ op: fc.constant('conn'), fds: fc.array(wrongKind, { minLength: 1, maxLength: 3 }), pending: fc.nat({ max: 20 }), sameKey }),
       fc.record({ op: fc.constant('write'), id: fc.nat({ max: 5 }), bytes: fc.nat({ max: 20 }) }),
-      fc.record({ op: fc.constant('garbage'), message: fc.constantFrom('HELLO', 'READY', 'LISTENERS', 'CONN_ACK', 'READY_ACK') }),
+      fc.record({ op: fc.constant('garbage'), message: fc.constantFrom('HELLO', 'READY', 'LISTENERS', 'CONN_ACK', 'READY_ACK', 'COMMIT', 'PONG') }),
     ),
     { maxLength: 4 },
   );
@@ -137,6 +137,8 @@ async function runCase({ main, extras, after: steps, end }) {
     const out = () => `stdout:\n${group.lines.join('\n')}\nstderr:\n${group.stderr.join('').slice(-2000)}`;
     assert.ok(!(ready instanceof Error), `the successor says READY whatever fds it was offered (${ready.message})\n${out()}`);
     await within(session.send({ type: 'READY_ACK' }), 'sending READY_ACK');
+    // It takes over control.sock and pid, then says so.
+    await session.next(['COMMIT'], STEP_TIMEOUT, 'COMMIT');
     const [, readyPid] = await group.waitForLine(/^ready pid=(\d+)/, { since: 0, timeout: STEP_TIMEOUT });
     assert.equal(Number(readyPid), successorPid);
     const readyFds = fdCount(successorPid);
@@ -164,6 +166,8 @@ async function runCase({ main, extras, after: steps, end }) {
           LISTENERS: () => ({ type: 'LISTENERS', pid: process.pid, listeners: [{ key: 'named:late', kind: 'named' }], fds: [openKind('pipe', scratch)] }),
           CONN_ACK: () => ({ type: 'CONN_ACK', acked: [1], refused: [] }),
           READY_ACK: () => ({ type: 'READY_ACK' }),
+          COMMIT: () => ({ type: 'COMMIT' }),
+          PONG: () => ({ type: 'PONG', pid: process.pid }),
         };
         const closed = once(session, 'close');
         await within(session.send(messages[step.message](), { closeFdsAfterSend: true }).catch(() => undefined), 'sending garbage');
