@@ -207,15 +207,15 @@ test('fuzz: a successor offered fds of the wrong kind (not listening sockets) an
   // What travels under the key the successor listens on: the real listener, or something that is no listening socket.
   const main = fc.oneof({ weight: 2, arbitrary: fc.constant('real') }, { weight: 1, arbitrary: fc.constantFrom('file', 'dir', 'pipe', 'seqpacket') });
   const property = fc.asyncProperty(fc.record({ main, extras: extrasArb, after: stepsArb(fc.constant(false)), end }), (run) => runCase(run));
-  await assertProperty(property, runs(8, 0.002), shrink);
+  await assertProperty(property, runs(8, 0.001), shrink);
 });
 
 test('fuzz: a listening socket of another address or family (TCP on another port, unix stream, unix seqpacket) offered under the key of this one is not taken for it: the successor serves on its own port', { timeout: 30 * 60_000 }, async () => {
   const property = fc.asyncProperty(fc.record({ main: fc.constantFrom('tcp-listener', 'unix-listener', 'seqpacket-listener'), extras: extrasArb, after: fc.constant([]), end }), (run) => runCase(run));
-  await assertProperty(property, runs(3, 0.0005), shrink);
+  await assertProperty(property, runs(3, 0.00025), shrink);
 });
 
 test('fuzz: CONN batches whose fds are no TCP connections (pipes, files, listening sockets, ...) for a served key: every one refused and closed, the successor serves on', { timeout: 30 * 60_000 }, async () => {
   const property = fc.asyncProperty(fc.record({ main: fc.constant('real'), extras: fc.constant([]), after: stepsArb(fc.constant(true)), end }), (run) => runCase(run));
-  await assertProperty(property, runs(4, 0.001), shrink);
+  await assertProperty(property, runs(4, 0.0005), shrink);
 });
