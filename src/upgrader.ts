@@ -7,7 +7,7 @@ import createDebug from 'debug';
 import { abandonControl, commitControl, prepareControl, prepareDir, releaseControlSocket, removePidFile } from './control-dir';
 import { HandoverError } from './errors';
 import { ChangeQueue, Lifecycle, type LifecycleEvent, type UpgraderState } from './lifecycle';
-import { closeFds, listenerKey, type InheritedListener, type ListenTarget } from './listeners';
+import { closeFds, listenerKey, mismatch, type InheritedListener, type ListenTarget } from './listeners';
 import { ConnectionAdopter, type TransferOptions } from './connections';
 import { ConnectionTracker, type ConnectionsReport } from './connection-tracker';
 import { PredecessorLink } from './predecessor-link';
@@ -124,8 +124,14 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       throw new HandoverError('ERR_HANDOVER_INVALID_STATE', `listen() is not possible while ${this.state}`);
     }
     if (this.servers.has(key)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', `a server already listens on ${key}`);
-    const inherited = this.inherited.get(key) ?? this.inheritedByAddress(target);
+    let inherited = this.inherited.get(key) ?? this.inheritedByAddress(target);
     if (inherited) this.inherited.delete(inherited.key);
+    const wrong = inherited && mismatch(inherited, target);
+    if (inherited && wrong) {
+      closeFds([inherited.fd]);
+      this.warn(new HandoverError('ERR_HANDOVER_PROTOCOL', `the predecessor sent ${wrong}; binding afresh`));
+      inherited = undefined;
+    }
     await this.servers.bind(server, target, inherited);
     this.servers.add({ server, key, kind, backlog: target.backlog, adapter: adapterFor(server), adopt: options.adopt });
     server.on('connection', (socket: net.Socket) => this.tracker.track(socket, key));
