@@ -14,7 +14,7 @@ import { setFaultHook } from 'handover/testing';
 import { Sandbox, fdList, fixtures, get, sleep } from './helpers.mjs';
 
 const serverScript = path.join(fixtures, 'server.mjs');
-const reviewSuccessor = path.join(fixtures, 'review-successor.mjs');
+const reviewSuccessor = path.join(fixtures, 'scripted-successor.mjs');
 const sandbox = new Sandbox();
 afterEach(() => sandbox.cleanup());
 
@@ -31,7 +31,7 @@ async function startFirst(group, env) {
   return { child, pid: Number(pid), port: Number(port) };
 }
 
-describe('review: nobody serves after a successor that leaves the link and then exits', () => {
+describe('nobody serves after a successor that leaves the link and then exits', () => {
   // What a real successor does when READY_ACK comes later than its readyTimeout, or when stop() is
   // called during ready(): PredecessorLink.ready() closes the link (no ABORT), ready() rejects and
   // the application goes away, slower than the predecessor's 1 s wait for it to be gone.
@@ -65,7 +65,7 @@ describe('review: nobody serves after a successor that leaves the link and then 
   });
 });
 
-describe('review: stop() before the predecessor answered', () => {
+describe('stop() before the predecessor answered', () => {
   // Upgrader.start() stores the link and the inherited fds when PredecessorLink.connect resolves,
   // without looking at the state: after stop() they are never closed.
   test('stop() right after createUpgrader(): the link and the inherited listener are closed, and the predecessor can upgrade at once', async () => {
@@ -87,7 +87,7 @@ describe('review: stop() before the predecessor answered', () => {
   });
 });
 
-describe('review: READY under fd pressure', () => {
+describe('READY under fd pressure', () => {
   // ServerSet.stopAccepting() dups each listening fd before closing the handle; when the dup fails
   // (EMFILE) it only logs, and that server keeps accepting while READY_ACK still goes out.
   test('no free fd at READY: either READY is refused, or the predecessor stops accepting', async () => {
@@ -113,7 +113,7 @@ describe('review: READY under fd pressure', () => {
   });
 });
 
-describe('review: stop() while retiring', () => {
+describe('stop() while retiring', () => {
   // Successors.stop() -> Retirement.successorLeft() -> ConnectionMover.close() hands back every
   // connection sent and not yet answered, although the successor is alive and may have adopted it
   // (its CONN_ACK unread in the closed channel): two readers of one socket.
@@ -155,7 +155,7 @@ describe('review: stop() while retiring', () => {
   });
 });
 
-describe('review: a real successor that gives up after READY says ABORT', () => {
+describe('a real successor that gives up after READY says ABORT', () => {
   // upgrader.ts now closes the listeners and calls predecessor.abort() when ready() fails, but
   // PredecessorLink.ready() has already closed the session on a timeout or a refusal, so abort()
   // returns at once (session.isClosed) and no ABORT is sent: the predecessor only sees a close.
