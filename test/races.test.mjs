@@ -1,5 +1,5 @@
-// Review findings on the restructured core, each with real processes. These tests state what the
-// promises require; the ones that fail on main name a defect (see the review report).
+// Races around the end of a link: a successor that leaves or dies at each awkward moment, stop()
+// at every step, READY under fd pressure. Each states what the promises require, with real processes.
 import { test, describe, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
