@@ -94,6 +94,8 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   private assembling: { length: number; fdCount: number; parts: Buffer[]; received: number; fds: number[] } | undefined;
   private paused = false;
   private closed = false;
+  /** The peer closed its end (the end of stream was read), cleanly or in the middle of a frame. */
+  peerEnded = false;
   private failure: Error | undefined;
   private armed: { readable: boolean; writable: boolean } = { readable: false, writable: false };
   /** Set while sendmsg is refused with ETOOMANYREFS: writability says nothing then, a timer retries. */
@@ -362,10 +364,12 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   private onEnd(): void {
     if (this.closed) return;
     if (this.assembling) {
+      this.peerEnded = true;
       this.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', 'the peer closed the control channel in the middle of a frame'));
       return;
     }
     debug('channel fd %d: peer closed', this.fd);
+    this.peerEnded = true;
     this.emit('end');
     this.close();
   }
@@ -508,7 +512,9 @@ export class ChannelListener extends EventEmitter<{ channel: [FdChannel]; error:
         return;
       }
       if (fd < 0) return;
-      this.emit('channel', new FdChannel(fd, this.channelOptions));
+      const channel = new FdChannel(fd, this.channelOptions);
+      if (this.listenerCount('channel') === 0) channel.close();
+      else this.emit('channel', channel);
     }
   }
 

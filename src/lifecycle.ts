@@ -107,10 +107,16 @@ export class ChangeQueue {
     this.waiting.push(change);
     if (this.running) return;
     this.running = true;
-    try {
-      while (this.waiting.length > 0) this.waiting.shift()!();
-    } finally {
-      this.running = false;
+    let failure: { error: unknown } | undefined;
+    while (this.waiting.length > 0) {
+      try {
+        this.waiting.shift()!();
+      } catch (error) {
+        // A throwing listener of an event emitted inside a change: the changes after it still run.
+        failure ??= { error };
+      }
     }
+    this.running = false;
+    if (failure) throw failure.error;
   }
 }

@@ -63,6 +63,25 @@ export function listenerKey(target: ListenTarget): { key: string; kind: Listener
   return { key: `tcp:${host}:${port}`, kind: 'tcp' };
 }
 
+/**
+ * mismatch tells why an inherited listener cannot serve `target` (another family, port, host or
+ * path than its key says), or undefined when it fits. A predecessor that sends a socket under the
+ * wrong key must not make this process serve the wrong port.
+ */
+export function mismatch(listener: InheritedListener, target: ListenTarget): string | undefined {
+  const { info } = listener;
+  if (target.path !== undefined) {
+    return info.family === 'unix' && info.path === target.path ? undefined : `${listener.key} is not a unix socket bound at ${target.path}`;
+  }
+  if (target.port === undefined) return undefined; // a named listener: whatever the application put under its name
+  if (info.family !== 'inet' && info.family !== 'inet6') return `${listener.key} is not a TCP socket`;
+  if (target.port !== 0 && info.port !== target.port) return `${listener.key} is bound to port ${info.port}, not ${target.port}`;
+  if (target.host !== undefined && target.host !== '' && info.address !== undefined && listenerKey({ host: info.address, port: 1 }).key !== listenerKey({ host: target.host, port: 1 }).key) {
+    return `${listener.key} is bound to ${info.address}, not ${target.host}`;
+  }
+  return undefined;
+}
+
 /** listeningFd returns the fd of a listening net.Server (POSIX, Node internals). */
 export function serverFd(server: net.Server): number {
   const handle = (server as unknown as { _handle?: { fd?: number } | null })._handle;

@@ -82,7 +82,9 @@ export class PredecessorLink {
         // The predecessor went away between connect and reply (it crashed): start fresh, once it has
         // finished dying, or its listening sockets would still hold the ports.
         debug('predecessor closed before answering; starting fresh');
-        if (peer.pid > 0) await waitGone(options.os, peer.pid, options.readyTimeout);
+        if (peer.pid > 0 && !(await waitGone(options.os, peer.pid, options.readyTimeout))) {
+          throw new HandoverError('ERR_UPGRADE_REFUSED', `the predecessor (pid ${peer.pid}) closed the control channel before answering and still runs`);
+        }
         return undefined;
       }
       throw err;
@@ -129,13 +131,10 @@ export class PredecessorLink {
       }
       reply = await session.next(['READY_ACK', 'REFUSED'], readyTimeout, 'the predecessor to stop accepting');
     } catch (err) {
-      if (!isHandoverError(err, 'ERR_HANDOVER_CHANNEL_CLOSED')) {
-        this.close();
-        throw err;
-      }
+      // The caller says ABORT and closes: the predecessor may have stopped accepting on READY.
+      if (!isHandoverError(err, 'ERR_HANDOVER_CHANNEL_CLOSED')) throw err;
       // Closed without an answer. Serving alone is right only if the predecessor is really gone.
       if (!(await predecessorGone())) {
-        this.close();
         throw new HandoverError('ERR_UPGRADE_REFUSED', `the predecessor (pid ${this.pid}) closed the control channel before acknowledging READY; it still serves`);
       }
       debug('predecessor gone before READY_ACK; serving alone');
@@ -143,7 +142,6 @@ export class PredecessorLink {
       return;
     }
     if (reply.type === 'REFUSED') {
-      this.close();
       throw new HandoverError('ERR_UPGRADE_REFUSED', `the predecessor refused READY: ${reply.reason}`);
     }
     fault('ready-acked', 'successor', this.peerPid);

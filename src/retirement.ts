@@ -105,7 +105,8 @@ export class Retirement {
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([this.link.commitSettled, new Promise((resolve) => (timer = setTimeout(resolve, this.options.answerTimeout)))]);
     clearTimeout(timer);
-    if (!this.link.committed && this.link.end !== undefined) await this.decided;
+    // A link that ended early is decided by the owner (rollback or successorLeft) before anything else.
+    if (this.link.end !== undefined) await this.decided;
     if (this.finished) return;
     this.finished = true;
     this.mover.close();

@@ -90,14 +90,21 @@ export class ServerSet {
    */
   stopAccepting(): void {
     const native = binding();
-    for (const entry of this.entries.values()) {
-      if (entry.keptFd !== undefined || !entry.server.listening) continue;
-      try {
-        entry.keptFd = native.dup(serverFd(entry.server));
-        stopAccepting(entry.server);
-      } catch (err) {
-        debug('stop accepting %s: %s', entry.key, (err as Error).message);
+    const kept: [ServerEntry, number][] = [];
+    // Every dup first: if one fails (EMFILE), nothing has changed and READY can be refused.
+    try {
+      for (const entry of this.entries.values()) {
+        if (entry.keptFd !== undefined || !entry.server.listening) continue;
+        kept.push([entry, native.dup(serverFd(entry.server))]);
       }
+    } catch (err) {
+      closeFds(kept.map(([, fd]) => fd));
+      throw new HandoverError('ERR_UPGRADE_REFUSED', `cannot keep a copy of a listening socket: ${(err as Error).message}`, { cause: err });
+    }
+    for (const [entry, fd] of kept) {
+      entry.keptFd = fd;
+      stopAccepting(entry.server);
+      debug('stopped accepting %s', entry.key);
     }
   }
 

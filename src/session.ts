@@ -75,7 +75,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
    * detected) rather than the peer going away. A peer that is still alive may be on the other end.
    */
   get closedLocally(): boolean {
-    return this.closedHere || (this.channel.error instanceof HandoverError && this.channel.error.code === 'ERR_HANDOVER_PROTOCOL');
+    return this.closedHere || (!this.channel.peerEnded && this.channel.error instanceof HandoverError && this.channel.error.code === 'ERR_HANDOVER_PROTOCOL');
   }
 
   /** send encodes and queues a message; fds of LISTENERS/CONN are closed after sending when `closeFds`. */

@@ -162,12 +162,13 @@ export class SpawnedSuccessor extends EventEmitter<{ failed: [HandoverError] }> 
 
   private killGroup(): void {
     const child = this.child;
-    if (this.killed || child?.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    if (this.killed || child?.pid === undefined) return;
     this.killed = true;
+    // The group, even when the direct child (a wrapper) already exited: its children are in it.
     try {
       this.os.kill(-child.pid, 'SIGKILL');
     } catch {
-      child.kill('SIGKILL');
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }
   }
 }

@@ -223,7 +223,9 @@ export async function probeGeneration(socketPath: string, timeoutMs: number): Pr
   try {
     channel = await connectChannelWithin(socketPath, timeoutMs);
   } catch (err) {
-    return (err as { code?: string }).code === 'ERR_UPGRADE_READY_TIMEOUT';
+    // Only "nobody listens there" means gone; EMFILE, EACCES or a full backlog say nothing of the other end.
+    const code = (err as { code?: string }).code;
+    return code !== 'ECONNREFUSED' && code !== 'ENOENT';
   }
   const session = new ControlSession(channel, 'probe');
   try {

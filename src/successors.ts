@@ -106,7 +106,13 @@ export class Successors {
       link.fail('READY out of turn');
       return;
     }
-    this.generation.servers.stopAccepting();
+    try {
+      this.generation.servers.stopAccepting();
+    } catch (err) {
+      // Without a kept copy of every listening socket there is no rollback: refuse, serve on unchanged.
+      link.refuse('ERR_UPGRADE_REFUSED', (err as Error).message);
+      return;
+    }
     link.acknowledgeReady();
     this.generation.lifecycle.apply('successor-ready');
     const pending = this.pendingUpgrade;
@@ -145,14 +151,19 @@ export class Successors {
     }
     if (this.generation.lifecycle.state !== 'retiring') return;
     // After READY: roll back only when the successor is gone, or gave up and said so.
+    const control = this.generation.control;
     if (end.kind === 'aborted') this.rollback(link, `the successor gave up: ${end.reason}`);
-    else if (end.kind === 'peer-gone') {
+    else if (end.kind === 'peer-gone' && !link.committed && control && ownsControlSocket(control)) {
+      // It never took over the directory, so it will not serve: dead, or gone without a word.
+      this.rollback(link, end.error ? end.error.message : 'the successor went away before it took over');
+    } else if (end.kind === 'peer-gone') {
       void this.successorGone(link).then((gone) =>
         this.generation.queue.run(() => {
           if (this.successor !== link || this.generation.lifecycle.state !== 'retiring') return;
           if (gone) this.rollback(link, end.error ? end.error.message : 'the successor went away');
           else this.successorLeft(link, 'the control channel broke; the successor is alive and serves');
         }),
+        (err: Error) => this.generation.warn(new HandoverError('ERR_HANDOVER_INVALID_STATE', `deciding whether the successor is gone failed: ${err.message}`, { cause: err })),
       );
     } else this.successorLeft(link, end.kind === 'bye' ? end.reason : (end.error?.message ?? 'closed'));
   }

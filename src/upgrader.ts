@@ -7,7 +7,7 @@ import createDebug from 'debug';
 import { abandonControl, commitControl, prepareControl, prepareDir, releaseControlSocket, removePidFile } from './control-dir';
 import { HandoverError } from './errors';
 import { ChangeQueue, Lifecycle, type LifecycleEvent, type UpgraderState } from './lifecycle';
-import { closeFds, listenerKey, type InheritedListener, type ListenTarget } from './listeners';
+import { closeFds, listenerKey, mismatch, type InheritedListener, type ListenTarget } from './listeners';
 import { ConnectionAdopter, type TransferOptions } from './connections';
 import { ConnectionTracker, type ConnectionsReport } from './connection-tracker';
 import { PredecessorLink } from './predecessor-link';
@@ -90,6 +90,11 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   private async start(): Promise<void> {
     const found = await PredecessorLink.connect(this.dir, { ...this.generation.options, os: this.os });
     if (!found) return;
+    if (this.state === 'stopped') {
+      found.link.close();
+      closeFds(found.listeners.map((l) => l.fd));
+      return;
+    }
     this.predecessor = found.link;
     for (const listener of found.listeners) this.inherited.set(listener.key, listener);
     for (const warning of found.warnings) this.warn(warning);
@@ -119,8 +124,14 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       throw new HandoverError('ERR_HANDOVER_INVALID_STATE', `listen() is not possible while ${this.state}`);
     }
     if (this.servers.has(key)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', `a server already listens on ${key}`);
-    const inherited = this.inherited.get(key) ?? this.inheritedByAddress(target);
+    let inherited = this.inherited.get(key) ?? this.inheritedByAddress(target);
     if (inherited) this.inherited.delete(inherited.key);
+    const wrong = inherited && mismatch(inherited, target);
+    if (inherited && wrong) {
+      closeFds([inherited.fd]);
+      this.warn(new HandoverError('ERR_HANDOVER_PROTOCOL', `the predecessor sent ${wrong}; binding afresh`));
+      inherited = undefined;
+    }
     await this.servers.bind(server, target, inherited);
     this.servers.add({ server, key, kind, backlog: target.backlog, adapter: adapterFor(server), adopt: options.adopt });
     server.on('connection', (socket: net.Socket) => this.tracker.track(socket, key));
@@ -195,6 +206,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     if (predecessor?.phase === 'ready') this.adoptFrom(predecessor);
     else this.predecessor = undefined;
     this.emit('ready', { pid: process.pid, predecessorPid: predecessor?.pid });
+    if (predecessor && predecessor.phase !== 'ready') this.emit('predecessorRetired', { pid: predecessor.pid, clean: false });
   }
 
   /** adoptFrom takes the connections the predecessor moves here, until it says BYE or goes away. */
@@ -252,7 +264,11 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     this.successors.stop();
     // A successor that stops its upgrader still serves: say so, so that the predecessor never rolls back.
     if (this.predecessor?.phase === 'ready') void this.predecessor.bye('the successor stopped its upgrader');
-    else this.predecessor?.close();
+    else if (this.predecessor?.phase === 'offered' && this.readyPromise) {
+      // Stopped while ready() waits for READY_ACK: give up the way a failed successor does.
+      this.servers.closeListeners();
+      void this.predecessor.abort('the successor was stopped before it was ready');
+    } else this.predecessor?.close();
     this.predecessor = undefined;
     closeFds([...this.inherited.values()].map((l) => l.fd));
     this.inherited.clear();
