@@ -58,7 +58,10 @@ export class Retirement {
     fault('retiring', 'predecessor', this.link.peerPid);
     const move = this.options.canMove ? (socket: net.Socket, options?: TransferOptions) => this.mover.transfer(socket, options) : undefined;
     for (const entry of this.servers.values()) entry.adapter?.retire(move);
-    this.run().catch((err: Error) => debug('retirement failed: %s', err.message));
+    // Only a listener of 'retired' can throw here: it throws as any listener would, not swallowed.
+    this.run().catch((err: unknown) => process.nextTick(() => {
+      throw err;
+    }));
   }
 
   /** transfer moves one connection (transferConnection()). */
@@ -82,6 +85,18 @@ export class Retirement {
   successorLeft(): void {
     this.linkLost = true;
     this.mover.close({ successorAlive: true });
+    this.decide();
+  }
+
+  /**
+   * stop: the upgrader was stopped while retiring. Nothing more moves or waits (no timer keeps the
+   * process alive); connections sent but unanswered are closed here, never thawed.
+   */
+  stop(): void {
+    this.linkLost = true;
+    this.finished = true;
+    this.mover.close({ successorAlive: true });
+    this.tracker.changed();
     this.decide();
   }
 

@@ -15,6 +15,7 @@ import { Retirement } from './retirement';
 import type { ServerSet } from './servers';
 import type { ResolvedOptions, UpgraderEvents } from './options';
 import type { FdChannel } from './channel';
+import { runtimeCapabilities } from './runtime';
 
 const debug = createDebug('handover:successors');
 
@@ -124,7 +125,7 @@ export class Successors {
       pending.resolve(link.pid);
     }
     debug('successor pid %d is ready; retiring', link.pid);
-    this.retirement = new Retirement(link, this.generation.servers, this.generation.tracker, { gracefulTimeout: this.generation.options.gracefulTimeout, answerTimeout: this.generation.options.readyTimeout, canMove: true }, {
+    this.retirement = new Retirement(link, this.generation.servers, this.generation.tracker, { gracefulTimeout: this.generation.options.gracefulTimeout, answerTimeout: this.generation.options.readyTimeout, canMove: moveConnectionsPossible() }, {
       retired: (report) => this.generation.queue.run(() => this.onRetired(report)),
     });
     this.generation.emit('retiring', { successorPid: link.pid });
@@ -266,7 +267,13 @@ export class Successors {
     for (const link of this.links) link.close();
     this.links.clear();
     this.successor = undefined;
-    this.retirement?.successorLeft();
+    this.retirement?.stop();
     this.retirement = undefined;
   }
+}
+
+/** moveConnectionsPossible: the runtime has what moves need (or could not tell yet: each move then checks its socket). */
+function moveConnectionsPossible(): boolean {
+  const capabilities = runtimeCapabilities();
+  return capabilities.moveConnections || !capabilities.conclusive;
 }

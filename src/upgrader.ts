@@ -17,6 +17,7 @@ import { ServerSet } from './servers';
 import { adapterFor } from './adapters/adapter';
 import { checkTimeout, resolveOptions, type ListenOptions, type ResolvedOptions, type UpgraderEvents, type UpgraderOptions } from './options';
 import { fault } from './faults';
+import { runtimeCapabilities } from './runtime';
 
 const debug = createDebug('handover:upgrader');
 
@@ -88,6 +89,10 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   }
 
   private async start(): Promise<void> {
+    // Checked once, at start-up while fds are free: a runtime that changed an internal the moves
+    // read drains instead of moving, and says so.
+    const capabilities = runtimeCapabilities();
+    for (const problem of capabilities.problems) this.warn(new HandoverError('ERR_HANDOVER_UNSUPPORTED_RUNTIME', `${problem}; connections will be drained, not moved`));
     const found = await PredecessorLink.connect(this.dir, { ...this.generation.options, os: this.os });
     if (!found) return;
     if (this.state === 'stopped') {
