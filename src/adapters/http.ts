@@ -1,54 +1,135 @@
 // HTTP: what happens to an http.Server's connections when its process retires, and to the
-// connections its successor adopts. Plain HTTP/1.1 connections move at a message boundary (idle:
-// no response in flight, nothing unwritten, the parser between messages); TLS connections and
-// HTTP/2 sessions, whose state cannot move, are drained (`Connection: close`, GOAWAY).
+// connections its successor adopts. Plain HTTP/1.1 connections move at a message boundary: a busy
+// one stops reading at the kernel, answers what its parser already holds, and moves once nothing
+// is in flight; TLS connections and HTTP/2 sessions, whose state cannot move, are drained
+// (`Connection: close`, GOAWAY).
+import { EventEmitter } from 'node:events';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type * as net from 'node:net';
 import createDebug from 'debug';
-import { registerAdapter } from './adapter';
+import { registerAdapter, type MoveConnection, type ServerAdapter } from './adapter';
 
 const debug = createDebug('handover:http');
 
-interface HttpSocket extends net.Socket {
-  _httpMessage?: (http.ServerResponse & { finished?: boolean }) | null;
-  parser?: object | null;
-  _handle?: { writeQueueSize?: number } | null;
+// ---------------------------------------------------------------------------------------------
+// The Node internals this adapter reads (POSIX, Node 20-26), each behind one accessor so that a
+// runtime module can check them once. Sources: lib/_http_server.js, lib/_http_common.js,
+// src/node_http_parser.cc.
+
+/** The C++ HTTP parser of a server connection (internalBinding('http_parser').HTTPParser). */
+interface HttpParser {
+  [index: number]: unknown;
+  socket: net.Socket | null;
+  incoming: (http.IncomingMessage & { complete: boolean }) | null;
+  unconsume(): void;
 }
 
 interface ConnectionsList {
-  idle(): { socket?: net.Socket }[];
-  expired(headersTimeout: number, requestTimeout: number): { socket?: net.Socket }[];
+  idle(): HttpParser[];
+  expired(headersTimeout: number, requestTimeout: number): HttpParser[];
 }
 
-/** The server's internal list of HTTP parsers (Node >= 18.2), which knows which are between messages. */
+interface TcpHandle {
+  reading?: boolean;
+  readStart(): number;
+  readStop(): number;
+}
+
+/** Indices of the parser's JS callbacks (HTTPParser.kOnBody, kOnMessageComplete; stable since Node 12). */
+const kOnBody = 3;
+const kOnMessageComplete = 4;
+
+/** connectionsList: the server's list of HTTP parsers (Node >= 18.2), which knows which are between messages. */
 function connectionsList(server: http.Server): ConnectionsList | undefined {
   const symbol = Object.getOwnPropertySymbols(server).find((s) => s.description === 'http.server.connections');
   const list = symbol ? (server as unknown as Record<symbol, unknown>)[symbol] : undefined;
   return list && typeof (list as ConnectionsList).idle === 'function' ? (list as ConnectionsList) : undefined;
 }
 
+/** responseInFlight: the response being written on a connection (pipelined ones queue behind it). */
+function responseInFlight(socket: net.Socket): (http.ServerResponse & EventEmitter) | null {
+  return (socket as unknown as { _httpMessage?: http.ServerResponse | null })._httpMessage ?? null;
+}
+
+/** httpParser: the connection's parser; null once the connection left HTTP (upgrade, CONNECT) or closed. */
+function httpParser(socket: net.Socket): HttpParser | null {
+  const parser = (socket as unknown as { parser?: HttpParser | null }).parser;
+  return parser && typeof parser === 'object' ? parser : null;
+}
+
+function tcpHandle(socket: net.Socket): TcpHandle | null {
+  const handle = (socket as unknown as { _handle?: Partial<TcpHandle> | null })._handle;
+  return handle && typeof handle.readStop === 'function' && typeof handle.readStart === 'function' ? (handle as TcpHandle) : null;
+}
+
+/** serverDataListener: the http server's own 'data' listener on a connection (socketOnData), which feeds its parser. */
+function serverDataListener(socket: net.Socket): ((chunk: Buffer) => void) | undefined {
+  return socket.listeners('data').find((fn) => fn.name === 'bound socketOnData') as ((chunk: Buffer) => void) | undefined;
+}
+
+/**
+ * freezeReading stops reading at the kernel (what the parser consumes directly, bypassing the
+ * stream) and keeps anything (resume(), the server's readStart after a message) from restarting
+ * it. Bytes left in the kernel move with the fd. Returns the undo. (As src/connections.ts does.)
+ */
+function freezeReading(socket: net.Socket): () => void {
+  const handle = tcpHandle(socket);
+  if (!handle) return () => undefined;
+  const own = Object.prototype.hasOwnProperty.call(handle, 'readStart') ? handle.readStart : undefined;
+  handle.readStop();
+  handle.reading = false;
+  handle.readStart = () => 0;
+  return () => {
+    if (own) handle.readStart = own;
+    else delete (handle as Partial<TcpHandle>).readStart;
+    // Reading resumes the way Node restarts it (onSocketResume), unless something paused it meanwhile.
+    if (!socket.destroyed && !(socket as unknown as { _paused?: boolean })._paused && socket.readableFlowing !== false) {
+      handle.reading = true;
+      handle.readStart();
+    }
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
 /** What Node adds to keepAliveTimeout before it closes an idle connection (lib/_http_server.js). */
 const KEEP_ALIVE_TIMEOUT_BUFFER = 1000;
 
-/** A function that moves one socket to the successor (rejects when it stays here). */
-export type MoveConnection = (socket: net.Socket) => Promise<void>;
+/** Body bytes of a request its parser has delivered so far (counted by the adapter, see countBodies). */
+const kBodyBytes = Symbol('handover.bodyBytes');
+const kCounting = Symbol('handover.countingBodies');
+
+/** A retiring connection that is not idle yet: its reads are frozen until it reaches a message boundary. */
+interface Draining {
+  thaw: () => void;
+  /** Bytes read past the end of the message that was completed: the next request's start, moved as pending. */
+  leftover: Buffer;
+  /** Set while the parser is fed by hand to complete a partial message. */
+  readingOn?: () => void;
+  moving: boolean;
+}
 
 /**
  * HttpAdapter follows one HTTP server's connections. On retire it moves every idle plain-HTTP
- * connection at once and each busy one right after its response; without a way to move (TLS,
- * HTTP/2, or an old runtime) it ends keep-alive instead: `Connection: close` on the next response,
- * idle connections closed.
+ * connection at once; a busy one stops reading, answers the requests its parser already holds,
+ * and moves at the first message boundary. Without a way to move (TLS, HTTP/2, or an old runtime)
+ * it ends keep-alive instead: `Connection: close` on the next response, idle connections closed.
  */
-export class HttpAdapter {
+export class HttpAdapter implements ServerAdapter {
   private retiring = false;
   private move: MoveConnection | undefined;
   private readonly server: http.Server;
-  private readonly sockets = new Set<HttpSocket>();
+  private readonly sockets = new Set<net.Socket>();
   private readonly sessions = new Set<{ close(): void; closed?: boolean; destroyed?: boolean }>();
-  private readonly adoptedIdle = new WeakSet<net.Socket>();
-  private readonly submitted = new WeakSet<net.Socket>();
+  /** Adopted connections and how many bytes they had read when adopted idle (none since: still idle). */
+  private readonly adoptedIdle = new WeakMap<net.Socket, number>();
+  private readonly draining = new Map<net.Socket, Draining>();
   private readonly lastResponse = new WeakSet<net.Socket>();
+  /** Responses with our one 'finish' listener: never a second one on the same response. */
+  private readonly watched = new WeakSet<object>();
+  private readonly scheduled = new Set<net.Socket>();
+  private checkScheduled = false;
   readonly canMove: boolean;
 
   constructor(server: http.Server, options: { tls: boolean; http2: boolean }) {
@@ -56,17 +137,20 @@ export class HttpAdapter {
     const list = connectionsList(server);
     this.canMove = !options.tls && !options.http2 && list !== undefined;
     if (list && typeof list.expired === 'function') {
-      // An adopted socket's parser starts as if a request had just begun (the C++ list stamps it
-      // at initialize), so Node's periodic check would answer 408 to a client that simply stayed
-      // idle. The check removes expired parsers from its active list; for adopted idle sockets we
-      // let that happen silently: their next request puts them back, with fresh timers.
+      // An adopted socket's parser starts as if a request had just begun (Initialize stamps it), so
+      // Node's periodic check would answer 408 to a client that simply stayed idle. While it has
+      // read nothing since its adoption, its expiry is hidden (the list drops it from its active
+      // set; the first byte of a request puts it back with a fresh stamp, via on_message_begin);
+      // once it has read a byte, its expiry is Node's, exactly as on a fresh connection.
       const expired = list.expired.bind(list);
-      list.expired = (headersTimeout, requestTimeout) => expired(headersTimeout, requestTimeout).filter((parser) => !(parser.socket && this.adoptedIdle.has(parser.socket)));
+      list.expired = (headersTimeout, requestTimeout) => expired(headersTimeout, requestTimeout).filter((parser) => !(parser.socket && this.stillIdleSinceAdoption(parser.socket)));
     }
     // For TLS the HTTP state lives on the TLSSocket, not on the TCP socket under it.
-    server.on(options.tls ? 'secureConnection' : 'connection', (socket: HttpSocket) => {
+    server.on(options.tls ? 'secureConnection' : 'connection', (socket: net.Socket) => {
       this.sockets.add(socket);
-      socket.once('close', () => this.sockets.delete(socket));
+      socket.once('close', () => this.forget(socket));
+      if (this.canMove) countBodies(socket);
+      if (this.retiring && this.move && this.canMove) this.drain(socket);
     });
     if (options.http2) {
       server.on('session', (session: { close(): void; once(event: 'close', fn: () => void): void }) => {
@@ -77,56 +161,58 @@ export class HttpAdapter {
     }
     // First in line, so that the application's handler already sees the final decision.
     server.prependListener('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
-      const socket = req.socket as HttpSocket;
+      const socket = req.socket;
       if (this.adoptedIdle.has(socket)) {
         // An adopted keep-alive connection sent its next request: back to the server's own timeout.
         this.adoptedIdle.delete(socket);
         socket.setTimeout(this.server.timeout || 0);
       }
       if (!this.retiring) return;
-      if (this.move && this.canMove && !this.lastResponse.has(socket)) {
-        res.once('finish', () => setImmediate(() => this.tryMove(socket)));
-      } else {
-        res.shouldKeepAlive = false;
-      }
+      if (!(this.move && this.canMove) || this.lastResponse.has(socket)) res.shouldKeepAlive = false;
     });
   }
 
-  /** retire: move what can move now, the rest after its response; or drain if moving is not possible. */
+  /** retire: move what can move now, the rest at its next message boundary; or drain if moving is not possible. */
   retire(move: MoveConnection | undefined): void {
     this.retiring = true;
     this.move = move;
     for (const session of this.sessions) session.close();
     if (this.move && this.canMove) {
-      const idle = this.idleParsers();
-      for (const socket of this.sockets) {
-        if (this.isIdle(socket, idle)) this.transfer(socket);
-        else this.afterResponse(socket);
-      }
+      for (const socket of this.sockets) this.drain(socket);
       return;
     }
     for (const socket of this.sockets) {
-      const res = socket._httpMessage;
+      const res = responseInFlight(socket);
       if (!res || res.writableFinished) continue;
       if (!res.headersSent) res.shouldKeepAlive = false;
-      else this.afterResponse(socket);
+      else this.watch(res, () => this.closeIdle());
     }
     this.closeIdle();
   }
 
-  /** resume (after a rollback): keep-alive as usual. */
+  /** resume (after a rollback): keep-alive as usual; frozen connections read again. */
   resume(): void {
     this.retiring = false;
     this.move = undefined;
+    for (const socket of [...this.draining.keys()]) {
+      if (!this.draining.get(socket)?.moving) this.release(socket);
+    }
   }
 
   /** afterAdopt: an adopted connection is idle keep-alive; give it the keep-alive timeout, not the headers timeout. */
   afterAdopt(socket: net.Socket): void {
-    this.adoptedIdle.add(socket);
+    // Bytes handed over with it (the start of its next request) mean a message has begun: Node's timers apply.
+    if (socket.readableLength > 0) return;
+    this.adoptedIdle.set(socket, socket.bytesRead);
     if (this.server.keepAliveTimeout > 0) {
       // As Node itself does after a response (HTTP_SERVER_KEEP_ALIVE_TIMEOUT_BUFFER).
       socket.setTimeout(this.server.keepAliveTimeout + KEEP_ALIVE_TIMEOUT_BUFFER);
     }
+  }
+
+  private stillIdleSinceAdoption(socket: net.Socket): boolean {
+    const bytes = this.adoptedIdle.get(socket);
+    return bytes !== undefined && socket.bytesRead === bytes;
   }
 
   /** closeIdle: closeIdleConnections where the server has it (h2c's Http2Server does not). */
@@ -135,49 +221,195 @@ export class HttpAdapter {
     if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
   }
 
-  private idleParsers(): Set<object> {
-    return new Set(connectionsList(this.server)?.idle() ?? []);
+  /** watch: one 'finish' listener per response, whatever asks for it how often. */
+  private watch(res: EventEmitter, then: () => void): void {
+    if (this.watched.has(res)) return;
+    this.watched.add(res);
+    res.once('finish', then);
   }
 
-  /** isIdle: between two messages, with nothing in flight either way. */
-  private isIdle(socket: HttpSocket, idleParsers: Set<object>): boolean {
-    if (socket.destroyed || !socket.parser) return false; // gone, or upgraded to another protocol
-    if (socket._httpMessage) return false; // a response (or a queue of pipelined ones) in flight
-    if (socket.writableLength > 0 || (socket._handle?.writeQueueSize ?? 0) > 0) return false;
-    return idleParsers.has(socket.parser) || socket.bytesRead === 0;
+  /** drain: stop reading a retiring connection so that it reaches a message boundary, then move it. */
+  private drain(socket: net.Socket): void {
+    if (this.draining.has(socket) || socket.destroyed || !httpParser(socket)) return; // upgraded sockets belong to their new protocol
+    this.draining.set(socket, { thaw: freezeReading(socket), leftover: Buffer.alloc(0), moving: false });
+    this.schedule(socket);
   }
 
-  private afterResponse(socket: HttpSocket): void {
-    const res = socket._httpMessage;
-    if (!res) return;
-    res.once('finish', () => setImmediate(() => this.tryMove(socket)));
-  }
-
-  private tryMove(socket: HttpSocket): void {
-    if (!this.retiring || socket.destroyed || this.submitted.has(socket) || this.lastResponse.has(socket)) return;
-    if (!this.move || !this.canMove) {
-      this.closeIdle();
-      return;
-    }
-    if (this.isIdle(socket, this.idleParsers())) this.transfer(socket);
-    else this.afterResponse(socket);
-  }
-
-  private transfer(socket: HttpSocket): void {
-    const move = this.move;
-    if (!move || this.submitted.has(socket)) return;
-    this.submitted.add(socket);
-    move(socket).catch((err: Error & { code?: string }) => {
-      this.submitted.delete(socket);
-      debug('connection stays: %s', err.message);
-      // Rolled back: it is simply ours again. Still retiring: it stays here and ends gracefully,
-      // with `Connection: close` on its next response (never a close under a request on the wire).
-      if (!this.retiring || socket.destroyed) return;
-      this.lastResponse.add(socket);
-      const res = socket._httpMessage;
-      if (res && !res.headersSent) res.shouldKeepAlive = false;
+  /** schedule: check a connection on the next turn, with every other one due then (one look at the list). */
+  private schedule(socket: net.Socket): void {
+    this.scheduled.add(socket);
+    if (this.checkScheduled) return;
+    this.checkScheduled = true;
+    setImmediate(() => {
+      this.checkScheduled = false;
+      const due = [...this.scheduled];
+      this.scheduled.clear();
+      const idle = new Set<object>(connectionsList(this.server)?.idle() ?? []);
+      for (const socket of due) this.check(socket, idle);
     });
   }
+
+  private check(socket: net.Socket, idleParsers: Set<object>): void {
+    const entry = this.draining.get(socket);
+    if (!entry || entry.moving || entry.readingOn) return;
+    if (!this.retiring || !this.move || socket.destroyed) {
+      this.release(socket);
+      return;
+    }
+    const res = responseInFlight(socket);
+    if (res) {
+      // Pipelined responses queue behind this one: each becomes the one in flight in turn.
+      this.watch(res, () => this.schedule(socket));
+      return;
+    }
+    const parser = httpParser(socket);
+    if (!parser) {
+      this.release(socket); // upgraded meanwhile
+      return;
+    }
+    if (idleParsers.has(parser) || socket.bytesRead === 0) this.transfer(socket, entry);
+    else this.readOn(socket, parser, entry);
+  }
+
+  /**
+   * readOn: every response is out but the parser holds part of a message: read until it completes,
+   * feeding the parser by hand so that it never receives a byte past that message's end (a chunk
+   * that holds the end of this request and the start of the next is split; the rest moves).
+   */
+  private readOn(socket: net.Socket, parser: HttpParser, entry: Draining): void {
+    const onData = serverDataListener(socket);
+    if (!onData || typeof parser.unconsume !== 'function') {
+      debug('cannot feed the parser by hand; the connection is drained instead');
+      this.stay(socket);
+      return;
+    }
+    let buffered: Buffer = Buffer.alloc(0);
+    let completed = false;
+    const onMessageComplete = parser[kOnMessageComplete] as (this: HttpParser, ...args: unknown[]) => unknown;
+    parser[kOnMessageComplete] = function (this: HttpParser, ...args: unknown[]) {
+      completed = true;
+      return onMessageComplete.apply(this, args);
+    };
+    const feed = (chunk: Buffer): void => {
+      buffered = buffered.length > 0 ? Buffer.concat([buffered, chunk]) : chunk;
+      while (buffered.length > 0 && !completed && !socket.destroyed) {
+        if ((socket as unknown as { _paused?: boolean })._paused) return; // Node's back-pressure: the next chunk goes on
+        const length = safeSliceLength(parser, buffered);
+        const slice = buffered.subarray(0, length);
+        buffered = buffered.subarray(length);
+        onData(slice);
+        if (httpParser(socket) !== parser) {
+          // The request was an upgrade: the connection left HTTP; what follows is its new protocol's.
+          finish();
+          if (buffered.length > 0) socket.unshift(buffered);
+          this.release(socket);
+          return;
+        }
+      }
+      if (completed) {
+        finish();
+        entry.leftover = Buffer.from(buffered);
+        debug('message completed; %d bytes of the next one move with the connection', entry.leftover.length);
+        this.schedule(socket);
+      }
+    };
+    const finish = (): void => {
+      parser[kOnMessageComplete] = onMessageComplete;
+      socket.removeListener('data', feed);
+      if (!socket.listeners('data').includes(onData)) EventEmitter.prototype.on.call(socket, 'data', onData);
+      entry.thaw = freezeReading(socket);
+      delete entry.readingOn;
+    };
+    entry.readingOn = finish;
+    // Bytes now reach the stream (not the parser directly), and only through `feed`.
+    parser.unconsume();
+    socket.removeListener('data', onData);
+    EventEmitter.prototype.on.call(socket, 'data', feed);
+    entry.thaw();
+    socket.resume();
+  }
+
+  private transfer(socket: net.Socket, entry: Draining): void {
+    const move = this.move;
+    if (!move) return;
+    entry.moving = true;
+    // Bytes read past the last complete message travel first; if the connection stays, they are
+    // still here (release() hands them to the parser).
+    move(socket, entry.leftover.length > 0 ? { pending: entry.leftover } : undefined).then(
+      () => this.draining.delete(socket),
+      (err: Error & { code?: string }) => {
+        entry.moving = false;
+        debug('connection stays: %s', err.message);
+        // Rolled back: it is simply ours again. Still retiring: it stays here and ends gracefully,
+        // with `Connection: close` on its next response (never a close under a request on the wire).
+        if (this.retiring && !socket.destroyed) this.stay(socket);
+        else this.release(socket);
+      },
+    );
+  }
+
+  /** stay: the connection cannot move; it is served here until its next response closes it. */
+  private stay(socket: net.Socket): void {
+    this.lastResponse.add(socket);
+    const res = responseInFlight(socket);
+    if (res && !res.headersSent) res.shouldKeepAlive = false;
+    this.release(socket);
+  }
+
+  /** release: undo the freeze; bytes read past a message boundary go to the parser first. */
+  private release(socket: net.Socket): void {
+    const entry = this.draining.get(socket);
+    if (!entry) return;
+    this.draining.delete(socket);
+    entry.readingOn?.();
+    if (socket.destroyed) return;
+    if (entry.leftover.length > 0) socket.unshift(entry.leftover);
+    entry.thaw();
+    socket.resume();
+  }
+
+  private forget(socket: net.Socket): void {
+    this.sockets.delete(socket);
+    const entry = this.draining.get(socket);
+    this.draining.delete(socket);
+    entry?.readingOn?.();
+  }
+}
+
+/**
+ * countBodies counts the body bytes of each request a parser delivers (on the request itself), so
+ * that a message frozen in its body can be completed to its exact last byte. The parser object is
+ * pooled: the wrapper stays on it and counts for whichever request it parses.
+ */
+function countBodies(socket: net.Socket): void {
+  const parser = httpParser(socket) as (HttpParser & { [kCounting]?: boolean }) | null;
+  if (!parser || parser[kCounting]) return;
+  const onBody = parser[kOnBody];
+  if (typeof onBody !== 'function') return;
+  parser[kCounting] = true;
+  parser[kOnBody] = function (this: HttpParser, chunk: Buffer, ...rest: unknown[]) {
+    const req = this.incoming as (http.IncomingMessage & { [kBodyBytes]?: number }) | null;
+    if (req && chunk) req[kBodyBytes] = (req[kBodyBytes] ?? 0) + chunk.length;
+    return (onBody as (...args: unknown[]) => unknown).call(this, chunk, ...rest);
+  };
+}
+
+/**
+ * safeSliceLength: how many of `bytes` the parser may take without passing the end of the message
+ * it is in. Headers and chunked bodies end with a line feed, so feeding a line at a time never
+ * passes their end; a Content-Length body ends after exactly its remaining bytes.
+ */
+function safeSliceLength(parser: HttpParser, bytes: Buffer): number {
+  const req = parser.incoming as (http.IncomingMessage & { complete: boolean; [kBodyBytes]?: number }) | null;
+  const inBody = req !== null && !req.complete;
+  if (inBody && req.headers['transfer-encoding'] === undefined) {
+    const length = Number(req.headers['content-length']);
+    const remaining = length - (req[kBodyBytes] ?? 0);
+    if (Number.isSafeInteger(remaining) && remaining > 0) return Math.min(remaining, bytes.length);
+    return 1; // cannot tell: one byte at a time is always safe
+  }
+  const lineEnd = bytes.indexOf(0x0a);
+  return lineEnd < 0 ? bytes.length : lineEnd + 1;
 }
 
 /** http2's server classes are not exported: know them by the settings API only they have. */
