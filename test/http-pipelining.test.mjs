@@ -176,14 +176,14 @@ test('raw sliding-window pipelining clients move at every upgrade, even when eve
   console.log(`requests answered: ${clients.reduce((sum, client) => sum + client.received, 0)}`);
 });
 
-test('undici with pipelining 4 over 50 connections: zero failed requests through upgrades, no connection reconnected', { timeout: 120_000 }, async () => {
+test('undici with pipelining 4 over 100 connections, more requests than slots: zero failed requests through upgrades, no connection reconnected', { timeout: 120_000 }, async () => {
   const group = startServer();
   const [, firstPid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
   const connector = buildConnector({});
   const sockets = [];
   let socketsClosed = 0;
   const pool = new Pool(`http://127.0.0.1:${port}`, {
-    connections: 50,
+    connections: 100,
     pipelining: 4,
     connect: (options, callback) =>
       connector(options, (err, socket) => {
@@ -201,7 +201,10 @@ test('undici with pipelining 4 over 50 connections: zero failed requests through
   const worker = async () => {
     while (running) {
       try {
-        const { statusCode, headers, body } = await pool.request({ path: '/', method: 'GET' });
+        // blocking: false, or undici waits for each response's headers before it sends the next
+        // request on the connection (no pipelining at all). Answered after a few ms, so that the
+        // next pipelined requests are already parsed whenever a response ends.
+        const { statusCode, headers, body } = await pool.request({ path: '/slow?ms=2', method: 'GET', blocking: false });
         await body.text();
         if (statusCode !== 200) failures.push(`status ${statusCode}`);
         lastPid = Number(headers['x-pid']);
@@ -211,18 +214,20 @@ test('undici with pipelining 4 over 50 connections: zero failed requests through
       }
     }
   };
-  const workers = Array.from({ length: 200 }, worker);
+  // More requests than the pool has slots (100 x 4): undici queues the rest, so every connection
+  // always has its window full.
+  const workers = Array.from({ length: 600 }, worker);
   const untilAnswered = async (count) => {
     while (answered < count && failures.length === 0) await new Promise((resolve) => setTimeout(resolve, 20));
   };
-  await untilAnswered(2000);
+  await untilAnswered(1000);
   let current = Number(firstPid);
   const retirements = [];
   for (let i = 0; i < 4; i++) {
     const result = await upgrade(group, current);
     retirements.push(result);
     current = result.next;
-    await untilAnswered(answered + 2000);
+    await untilAnswered(answered + 1000);
   }
   running = false;
   await Promise.all(workers);
