@@ -98,7 +98,8 @@ const KEEP_ALIVE_TIMEOUT_BUFFER = 1000;
 
 /** Body bytes of a request its parser has delivered so far (counted by the adapter, see countBodies). */
 const kBodyBytes = Symbol('handover.bodyBytes');
-const kCounting = Symbol('handover.countingBodies');
+const kMessagesCompleted = Symbol('handover.messagesCompleted');
+const kInstrumented = Symbol('handover.instrumented');
 
 /** A retiring connection that is not idle yet: its reads are frozen until it reaches a message boundary. */
 interface Draining {
@@ -149,7 +150,7 @@ export class HttpAdapter implements ServerAdapter {
     server.on(options.tls ? 'secureConnection' : 'connection', (socket: net.Socket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.forget(socket));
-      if (this.canMove) countBodies(socket);
+      if (this.canMove) instrumentParser(socket);
       if (this.retiring && this.move && this.canMove) this.drain(socket);
     });
     if (options.http2) {
@@ -278,21 +279,17 @@ export class HttpAdapter implements ServerAdapter {
    */
   private readOn(socket: net.Socket, parser: HttpParser, entry: Draining): void {
     const onData = serverDataListener(socket);
-    if (!onData || typeof parser.unconsume !== 'function') {
+    if (!onData || typeof parser.unconsume !== 'function' || !(parser as { [kInstrumented]?: boolean })[kInstrumented]) {
       debug('cannot feed the parser by hand; the connection is drained instead');
       this.stay(socket);
       return;
     }
     let buffered: Buffer = Buffer.alloc(0);
-    let completed = false;
-    const onMessageComplete = parser[kOnMessageComplete] as (this: HttpParser, ...args: unknown[]) => unknown;
-    parser[kOnMessageComplete] = function (this: HttpParser, ...args: unknown[]) {
-      completed = true;
-      return onMessageComplete.apply(this, args);
-    };
+    const before = messagesCompleted(parser);
+    const completed = (): boolean => messagesCompleted(parser) !== before;
     const feed = (chunk: Buffer): void => {
       buffered = buffered.length > 0 ? Buffer.concat([buffered, chunk]) : chunk;
-      while (buffered.length > 0 && !completed && !socket.destroyed) {
+      while (buffered.length > 0 && !completed() && !socket.destroyed) {
         if ((socket as unknown as { _paused?: boolean })._paused) return; // Node's back-pressure: the next chunk goes on
         const length = safeSliceLength(parser, buffered);
         const slice = buffered.subarray(0, length);
@@ -306,7 +303,7 @@ export class HttpAdapter implements ServerAdapter {
           return;
         }
       }
-      if (completed) {
+      if (completed()) {
         finish();
         entry.leftover = Buffer.from(buffered);
         debug('message completed; %d bytes of the next one move with the connection', entry.leftover.length);
@@ -314,7 +311,6 @@ export class HttpAdapter implements ServerAdapter {
       }
     };
     const finish = (): void => {
-      parser[kOnMessageComplete] = onMessageComplete;
       socket.removeListener('data', feed);
       if (!socket.listeners('data').includes(onData)) EventEmitter.prototype.on.call(socket, 'data', onData);
       entry.thaw = freezeReading(socket);
@@ -377,21 +373,33 @@ export class HttpAdapter implements ServerAdapter {
 }
 
 /**
- * countBodies counts the body bytes of each request a parser delivers (on the request itself), so
- * that a message frozen in its body can be completed to its exact last byte. The parser object is
- * pooled: the wrapper stays on it and counts for whichever request it parses.
+ * instrumentParser counts, on a connection's parser, the messages it completed and the body bytes
+ * of each request, so that a message frozen half-way can be completed to its exact last byte. It
+ * runs at 'connection', before the parser's first byte: Node 26 reads a parser's callbacks once per
+ * connection, at its first execute, so a callback replaced later is never called. The parser object
+ * is pooled: the wrappers stay on it and count for whichever connection it parses next.
  */
-function countBodies(socket: net.Socket): void {
-  const parser = httpParser(socket) as (HttpParser & { [kCounting]?: boolean }) | null;
-  if (!parser || parser[kCounting]) return;
+function instrumentParser(socket: net.Socket): void {
+  const parser = httpParser(socket) as (HttpParser & { [kInstrumented]?: boolean }) | null;
+  if (!parser || parser[kInstrumented]) return;
   const onBody = parser[kOnBody];
-  if (typeof onBody !== 'function') return;
-  parser[kCounting] = true;
+  const onMessageComplete = parser[kOnMessageComplete];
+  if (typeof onBody !== 'function' || typeof onMessageComplete !== 'function') return;
+  parser[kInstrumented] = true;
   parser[kOnBody] = function (this: HttpParser, chunk: Buffer, ...rest: unknown[]) {
     const req = this.incoming as (http.IncomingMessage & { [kBodyBytes]?: number }) | null;
     if (req && chunk) req[kBodyBytes] = (req[kBodyBytes] ?? 0) + chunk.length;
     return (onBody as (...args: unknown[]) => unknown).call(this, chunk, ...rest);
   };
+  parser[kOnMessageComplete] = function (this: HttpParser & { [kMessagesCompleted]?: number }, ...args: unknown[]) {
+    this[kMessagesCompleted] = (this[kMessagesCompleted] ?? 0) + 1;
+    return (onMessageComplete as (...args: unknown[]) => unknown).apply(this, args);
+  };
+}
+
+/** messagesCompleted: how many messages the connection's parser completed (see instrumentParser). */
+function messagesCompleted(parser: HttpParser): number {
+  return (parser as HttpParser & { [kMessagesCompleted]?: number })[kMessagesCompleted] ?? 0;
 }
 
 /**
