@@ -58,6 +58,34 @@ function httpParser(socket: net.Socket): HttpParser | null {
   return parser && typeof parser === 'object' ? parser : null;
 }
 
+/** parserRequest: the request a parser is reading or read last (IncomingMessage; `complete` once its body ended). */
+function parserRequest(parser: HttpParser): (http.IncomingMessage & { complete: boolean }) | null {
+  return parser.incoming ?? null;
+}
+
+/** parserCallback / setParserCallback: the parser's JS callbacks, by index (see kOnBody). */
+function parserCallback(parser: HttpParser, index: number): ((...args: unknown[]) => unknown) | undefined {
+  const callback = parser[index];
+  return typeof callback === 'function' ? (callback as (...args: unknown[]) => unknown) : undefined;
+}
+
+function setParserCallback(parser: HttpParser, index: number, callback: (this: HttpParser, ...args: never[]) => unknown): void {
+  parser[index] = callback;
+}
+
+/** stopConsuming: bytes stop going from the handle straight into the parser and reach the stream ('data') instead, as for an upgrade. */
+function stopConsuming(parser: HttpParser): boolean {
+  if (typeof parser.unconsume !== 'function') return false;
+  parser.unconsume();
+  return true;
+}
+
+/** pausedByServer: the http server paused the connection (its responses are not being read: back-pressure). */
+function pausedByServer(socket: net.Socket): boolean {
+  return (socket as unknown as { _paused?: boolean })._paused === true;
+}
+
+/** tcpHandle: the socket's libuv stream handle, with the reading switch Node itself uses (onSocketResume/onSocketPause). */
 function tcpHandle(socket: net.Socket): TcpHandle | null {
   const handle = (socket as unknown as { _handle?: Partial<TcpHandle> | null })._handle;
   return handle && typeof handle.readStop === 'function' && typeof handle.readStart === 'function' ? (handle as TcpHandle) : null;
@@ -84,7 +112,7 @@ function freezeReading(socket: net.Socket): () => void {
     if (own) handle.readStart = own;
     else delete (handle as Partial<TcpHandle>).readStart;
     // Reading resumes the way Node restarts it (onSocketResume), unless something paused it meanwhile.
-    if (!socket.destroyed && !(socket as unknown as { _paused?: boolean })._paused && socket.readableFlowing !== false) {
+    if (!socket.destroyed && !pausedByServer(socket) && socket.readableFlowing !== false) {
       handle.reading = true;
       handle.readStart();
     }
@@ -279,7 +307,7 @@ export class HttpAdapter implements ServerAdapter {
    */
   private readOn(socket: net.Socket, parser: HttpParser, entry: Draining): void {
     const onData = serverDataListener(socket);
-    if (!onData || typeof parser.unconsume !== 'function' || !(parser as { [kInstrumented]?: boolean })[kInstrumented]) {
+    if (!onData || !(parser as { [kInstrumented]?: boolean })[kInstrumented] || !stopConsuming(parser)) {
       debug('cannot feed the parser by hand; the connection is drained instead');
       this.stay(socket);
       return;
@@ -290,37 +318,41 @@ export class HttpAdapter implements ServerAdapter {
     const feed = (chunk: Buffer): void => {
       buffered = buffered.length > 0 ? Buffer.concat([buffered, chunk]) : chunk;
       while (buffered.length > 0 && !completed() && !socket.destroyed) {
-        if ((socket as unknown as { _paused?: boolean })._paused) return; // Node's back-pressure: the next chunk goes on
+        if (pausedByServer(socket)) return; // Node's back-pressure: the next chunk goes on
         const length = safeSliceLength(parser, buffered);
         const slice = buffered.subarray(0, length);
         buffered = buffered.subarray(length);
         onData(slice);
         if (httpParser(socket) !== parser) {
-          // The request was an upgrade: the connection left HTTP; what follows is its new protocol's.
-          finish();
+          // The request was an upgrade: the connection left HTTP (the server removed its own
+          // listener); what follows is its new protocol's.
+          finish(false);
           if (buffered.length > 0) socket.unshift(buffered);
           this.release(socket);
           return;
         }
       }
       if (completed()) {
-        finish();
+        finish(true);
         entry.leftover = Buffer.from(buffered);
         debug('message completed; %d bytes of the next one move with the connection', entry.leftover.length);
         this.schedule(socket);
       }
     };
-    const finish = (): void => {
+    // Bytes kept while the server paused the connection go on when it resumes it.
+    const kick = (): void => feed(Buffer.alloc(0));
+    const finish = (serverListener: boolean): void => {
       socket.removeListener('data', feed);
-      if (!socket.listeners('data').includes(onData)) EventEmitter.prototype.on.call(socket, 'data', onData);
+      socket.removeListener('resume', kick);
+      if (serverListener && !socket.listeners('data').includes(onData)) EventEmitter.prototype.on.call(socket, 'data', onData);
       entry.thaw = freezeReading(socket);
       delete entry.readingOn;
     };
-    entry.readingOn = finish;
-    // Bytes now reach the stream (not the parser directly), and only through `feed`.
-    parser.unconsume();
+    entry.readingOn = () => finish(true);
+    // Bytes now reach the stream (not the parser directly, see stopConsuming), and only through `feed`.
     socket.removeListener('data', onData);
     EventEmitter.prototype.on.call(socket, 'data', feed);
+    socket.on('resume', kick);
     entry.thaw();
     socket.resume();
   }
@@ -382,19 +414,19 @@ export class HttpAdapter implements ServerAdapter {
 function instrumentParser(socket: net.Socket): void {
   const parser = httpParser(socket) as (HttpParser & { [kInstrumented]?: boolean }) | null;
   if (!parser || parser[kInstrumented]) return;
-  const onBody = parser[kOnBody];
-  const onMessageComplete = parser[kOnMessageComplete];
-  if (typeof onBody !== 'function' || typeof onMessageComplete !== 'function') return;
+  const onBody = parserCallback(parser, kOnBody);
+  const onMessageComplete = parserCallback(parser, kOnMessageComplete);
+  if (!onBody || !onMessageComplete) return;
   parser[kInstrumented] = true;
-  parser[kOnBody] = function (this: HttpParser, chunk: Buffer, ...rest: unknown[]) {
-    const req = this.incoming as (http.IncomingMessage & { [kBodyBytes]?: number }) | null;
+  setParserCallback(parser, kOnBody, function (this: HttpParser, chunk: Buffer, ...rest: unknown[]) {
+    const req = parserRequest(this) as (http.IncomingMessage & { [kBodyBytes]?: number }) | null;
     if (req && chunk) req[kBodyBytes] = (req[kBodyBytes] ?? 0) + chunk.length;
-    return (onBody as (...args: unknown[]) => unknown).call(this, chunk, ...rest);
-  };
-  parser[kOnMessageComplete] = function (this: HttpParser & { [kMessagesCompleted]?: number }, ...args: unknown[]) {
+    return onBody.call(this, chunk, ...rest);
+  });
+  setParserCallback(parser, kOnMessageComplete, function (this: HttpParser & { [kMessagesCompleted]?: number }, ...args: unknown[]) {
     this[kMessagesCompleted] = (this[kMessagesCompleted] ?? 0) + 1;
-    return (onMessageComplete as (...args: unknown[]) => unknown).apply(this, args);
-  };
+    return onMessageComplete.apply(this, args);
+  });
 }
 
 /** messagesCompleted: how many messages the connection's parser completed (see instrumentParser). */
@@ -408,7 +440,7 @@ function messagesCompleted(parser: HttpParser): number {
  * passes their end; a Content-Length body ends after exactly its remaining bytes.
  */
 function safeSliceLength(parser: HttpParser, bytes: Buffer): number {
-  const req = parser.incoming as (http.IncomingMessage & { complete: boolean; [kBodyBytes]?: number }) | null;
+  const req = parserRequest(parser) as (http.IncomingMessage & { complete: boolean; [kBodyBytes]?: number }) | null;
   const inBody = req !== null && !req.complete;
   if (inBody && req.headers['transfer-encoding'] === undefined) {
     const length = Number(req.headers['content-length']);
