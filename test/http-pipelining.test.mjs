@@ -245,3 +245,50 @@ test('undici with pipelining 4 over 100 connections, more requests than slots: z
   }
   assert.deepEqual(warningsOf(group), []);
 });
+
+test('a read that holds the end of one request and the start of the next is split at the boundary: the rest moves with the connection', { timeout: 60_000 }, async () => {
+  const group = startServer();
+  const [, firstPid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
+  const socket = net.connect(Number(port), '127.0.0.1');
+  socket.setNoDelay(true);
+  socket.setEncoding('latin1');
+  await new Promise((resolve) => socket.once('connect', resolve));
+  const responses = [];
+  let buffer = '';
+  let waiter;
+  socket.on('data', (chunk) => {
+    buffer += chunk;
+    for (;;) {
+      const end = buffer.indexOf('\r\n\r\n');
+      if (end < 0) break;
+      const head = buffer.slice(0, end);
+      const length = responseLength(head, buffer, end + 4);
+      if (length === undefined) break;
+      buffer = buffer.slice(end + 4 + length);
+      responses.push({ status: Number(head.slice(9, 12)), pid: Number(/x-pid: (\d+)/i.exec(head)?.[1]) });
+    }
+    waiter?.();
+  });
+  const responsesArrived = (count) =>
+    new Promise((resolve) => {
+      waiter = () => responses.length >= count && resolve();
+      waiter();
+    });
+  // A slow request in flight, and the start of the next one, which the parser holds.
+  socket.write('GET /slow?ms=1000 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHo');
+  const since = group.lines.length;
+  process.kill(Number(firstPid), 'SIGHUP');
+  const [, next] = await group.waitForLine(/^retiring successor=(\d+)/, { since });
+  // One write, so one read: the end of request 2, all of request 3, the start of request 4.
+  socket.write('st: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\nGET /4 HTTP/1.1\r\nHo');
+  await responsesArrived(3);
+  socket.write('st: x\r\n\r\nGET /5 HTTP/1.1\r\nHost: x\r\n\r\n');
+  await responsesArrived(5);
+  await group.waitForLine(/^retired closed=(\d+) moved=(\d+) remaining=(\d+)/, { since });
+  socket.destroy();
+  const old = Number(firstPid);
+  const successor = Number(next);
+  // 1 and 2 were begun here; 3 and the start of 4 travelled with the connection.
+  assert.deepEqual(responses, [old, old, successor, successor, successor].map((pid) => ({ status: 200, pid })));
+  assert.ok(group.lines.some((line) => line === 'retired closed=0 moved=1 remaining=0'), group.lines.join('\n'));
+});
