@@ -124,7 +124,7 @@ function freezeReading(socket: net.Socket): () => void {
 /** What Node adds to keepAliveTimeout before it closes an idle connection (lib/_http_server.js). */
 const KEEP_ALIVE_TIMEOUT_BUFFER = 1000;
 
-/** Body bytes of a request its parser has delivered so far (counted by the adapter, see countBodies). */
+/** Body bytes of a request its parser has delivered so far (counted by the adapter, see instrumentParser). */
 const kBodyBytes = Symbol('handover.bodyBytes');
 const kMessagesCompleted = Symbol('handover.messagesCompleted');
 const kInstrumented = Symbol('handover.instrumented');
