@@ -78,6 +78,28 @@ function closeAll(native: Binding, fds: readonly number[]): void {
   }
 }
 
+/** Control endpoints that serviceControlSockets() looks at, besides their uv_poll_t. */
+const serviced = new Set<{ service(): void }>();
+let servicing = false;
+
+/**
+ * serviceControlSockets accepts and reads what the control sockets hold now, without waiting for
+ * their uv_poll_t. A poll callback runs once per turn of the event loop, and under a flood of
+ * requests one turn can take seconds (every ready connection parses a full read of pipelined
+ * requests); a handshake needs a few turns, so the successor's readyTimeout would expire.
+ * Request work calls this between reads (see the HTTP adapter): a handshake then waits for one
+ * read's work, not for whole turns. Costs one non-blocking accept/recvmsg per endpoint.
+ */
+export function serviceControlSockets(): void {
+  if (servicing || serviced.size === 0) return;
+  servicing = true;
+  try {
+    for (const endpoint of [...serviced]) endpoint.service();
+  } finally {
+    servicing = false;
+  }
+}
+
 /**
  * FdChannel carries frames (bytes plus fds) over one connected SOCK_SEQPACKET socket. It owns the
  * fd. Frames larger than one message are split and reassembled; fds arrive with exactly the frame
@@ -111,6 +133,12 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
       this.onReadiness(status, readable, writable, disconnect);
     });
     this.rearm();
+    serviced.add(this);
+  }
+
+  /** service: read what is queued now, as a readable poll would (see serviceControlSockets). */
+  service(): void {
+    if (!this.closed && !this.paused) this.readSome();
   }
 
   /** Peer credentials of the other end (SO_PEERCRED). */
@@ -204,6 +232,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    serviced.delete(this);
     this.poller.close();
     clearTimeout(this.refsRetry.timer);
     const error = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the control channel was closed before the frame was sent');
@@ -489,6 +518,12 @@ export class ChannelListener extends EventEmitter<{ channel: [FdChannel]; error:
       this.acceptAll();
     });
     this.poller.start(true, false);
+    serviced.add(this);
+  }
+
+  /** service: accept what is queued now, as a readable poll would (see serviceControlSockets). */
+  service(): void {
+    if (!this.closed && this.retryTimer === undefined) this.acceptAll();
   }
 
   private acceptAll(): void {
@@ -527,6 +562,7 @@ export class ChannelListener extends EventEmitter<{ channel: [FdChannel]; error:
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    serviced.delete(this);
     clearTimeout(this.retryTimer);
     this.poller.close();
     try {

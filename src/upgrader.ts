@@ -14,12 +14,16 @@ import { PredecessorLink } from './predecessor-link';
 import { systemProcesses, waitGone, type ProcessLayer } from './spawner';
 import { Successors, type Generation } from './successors';
 import { ServerSet } from './servers';
-import { adapterFor } from './adapters/adapter';
+import { adapterFor, setControlService } from './adapters/adapter';
 import { checkTimeout, resolveOptions, type ListenOptions, type ResolvedOptions, type UpgraderEvents, type UpgraderOptions } from './options';
+import { serviceControlSockets } from './channel';
 import { fault } from './faults';
 import { runtimeCapabilities } from './runtime';
 
 const debug = createDebug('handover:upgrader');
+
+// Adapters service the control sockets between units of request work (a saturated server stays upgradable).
+setControlService(serviceControlSockets);
 
 /** How long a successor whose predecessor's link broke waits for that process to be gone before it counts it alive. */
 const EXIT_GRACE_MS = 1000;

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { Pool, buildConnector } from 'undici';
-import { Sandbox, fixtures } from './helpers.mjs';
+import { Sandbox, fixtures, sleep } from './helpers.mjs';
 
 const sandbox = new Sandbox();
 afterEach(() => sandbox.cleanup());
@@ -291,4 +291,40 @@ test('a read that holds the end of one request and the start of the next is spli
   // 1 and 2 were begun here; 3 and the start of 4 travelled with the connection.
   assert.deepEqual(responses, [old, old, successor, successor, successor].map((pid) => ({ status: 200, pid })));
   assert.ok(group.lines.some((line) => line === 'retired closed=0 moved=1 remaining=0'), group.lines.join('\n'));
+});
+
+test('a server saturated by a flood of pipelined requests still answers the control socket: the upgrade succeeds', { timeout: 90_000 }, async () => {
+  const group = sandbox.group();
+  const dir = path.join(sandbox.dir(), 'ctl');
+  // The flood makes every turn of the predecessor's event loop long (each connection parses a full
+  // read of pipelined requests per turn); the handshake needs several turns if the control socket
+  // waits for its own poll.
+  // Each request costs 40 µs of CPU: one read of pipelined requests (64 KiB, ~2,400 of them) about
+  // 0.1 s, one turn with 32 flooding connections about 3 s, a handshake of several turns far more
+  // than the readyTimeout — unless the control socket is looked at between reads.
+  group.start([path.join(fixtures, 'server.mjs')], { env: { HANDOVER_DIR: dir, READY_TIMEOUT: '6000', GRACEFUL_TIMEOUT: '6000', BUSY_US: '40' } });
+  const [, firstPid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
+  const burst = Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(2000));
+  const flood = [];
+  let answered = 0;
+  for (let i = 0; i < 32; i++) {
+    const socket = net.connect(Number(port), '127.0.0.1');
+    const pump = () => {
+      while (!socket.destroyed && socket.write(burst));
+    };
+    socket.on('connect', pump);
+    socket.on('drain', pump);
+    socket.on('data', (chunk) => (answered += chunk.length));
+    socket.on('error', () => undefined); // the flood is cut at the end of the test
+    flood.push(socket);
+  }
+  try {
+    while (answered < 2_000_000) await sleep(50);
+    const since = group.lines.length;
+    process.kill(Number(firstPid), 'SIGHUP');
+    const [line] = await group.waitForLine(/^(upgraded pid=\d+|upgrade-failed code=\S+)/, { since, timeout: 30_000 });
+    assert.match(line, /^upgraded pid=\d+/, group.lines.join('\n'));
+  } finally {
+    for (const socket of flood) socket.destroy();
+  }
 });

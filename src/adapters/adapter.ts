@@ -43,3 +43,15 @@ export function adapterFor(server: net.Server): ServerAdapter | undefined {
   }
   return undefined;
 }
+
+let controlService: () => void = () => undefined;
+
+/** setControlService: how adapters let the control sockets be serviced between units of request work (set by the upgrader). */
+export function setControlService(service: () => void): void {
+  controlService = service;
+}
+
+/** serviceControl: adapters call it between units of request work, so that a saturated server can still be upgraded. */
+export function serviceControl(): void {
+  controlService();
+}

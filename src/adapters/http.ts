@@ -8,7 +8,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import type * as net from 'node:net';
 import createDebug from 'debug';
-import { registerAdapter, type MoveConnection, type ServerAdapter } from './adapter';
+import { registerAdapter, serviceControl, type MoveConnection, type ServerAdapter } from './adapter';
 
 const debug = createDebug('handover:http');
 
@@ -36,9 +36,10 @@ interface TcpHandle {
   readStop(): number;
 }
 
-/** Indices of the parser's JS callbacks (HTTPParser.kOnBody, kOnMessageComplete; stable since Node 12). */
+/** Indices of the parser's JS callbacks (HTTPParser.kOnBody, kOnMessageComplete, kOnExecute; stable since Node 12). */
 const kOnBody = 3;
 const kOnMessageComplete = 4;
+const kOnExecute = 5;
 
 /** connectionsList: the server's list of HTTP parsers (Node >= 18.2), which knows which are between messages. */
 function connectionsList(server: http.Server): ConnectionsList | undefined {
@@ -178,6 +179,7 @@ export class HttpAdapter implements ServerAdapter {
     server.on(options.tls ? 'secureConnection' : 'connection', (socket: net.Socket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.forget(socket));
+      serviceControlBetweenReads(socket);
       if (this.canMove) instrumentParser(socket);
       if (this.retiring && this.move && this.canMove) this.drain(socket);
     });
@@ -432,6 +434,35 @@ function instrumentParser(socket: net.Socket): void {
 /** messagesCompleted: how many messages the connection's parser completed (see instrumentParser). */
 function messagesCompleted(parser: HttpParser): number {
   return (parser as HttpParser & { [kMessagesCompleted]?: number })[kMessagesCompleted] ?? 0;
+}
+
+/** Request bytes parsed, over all connections, between two looks at the control sockets. */
+const SERVICE_EVERY = 64 * 1024;
+let parsedSinceService = 0;
+
+/**
+ * serviceControlBetweenReads: after each read its parser consumed, the control sockets get a look
+ * once SERVICE_EVERY bytes were parsed since the last one. Under a flood of pipelined requests one
+ * turn of the event loop parses a full read on every ready connection (~1 MB, over a second on two
+ * cores with 32 connections), and the control socket's own poll runs once per turn: the handshake
+ * (accept, HELLO, READY: a turn each) then outlasts the successor's readyTimeout. Installed at
+ * 'connection': Node 26 reads a parser's callbacks once, at its first execute.
+ */
+function serviceControlBetweenReads(socket: net.Socket): void {
+  const parser = httpParser(socket);
+  const onExecute = parser ? parserCallback(parser, kOnExecute) : undefined;
+  if (!parser || !onExecute) return; // not consumed by its parser: reads come as 'data', between turns' callbacks anyway
+  setParserCallback(parser, kOnExecute, function (this: HttpParser, ret: unknown, ...rest: unknown[]) {
+    const result = onExecute.call(this, ret, ...rest);
+    if (typeof ret === 'number' && ret > 0) {
+      parsedSinceService += ret;
+      if (parsedSinceService >= SERVICE_EVERY) {
+        parsedSinceService = 0;
+        serviceControl();
+      }
+    }
+    return result;
+  });
 }
 
 /**
