@@ -51,7 +51,19 @@ export function setControlService(service: () => void): void {
   controlService = service;
 }
 
-/** serviceControl: adapters call it between units of request work, so that a saturated server can still be upgraded. */
+let serviceScheduled = false;
+
+/**
+ * serviceControl: adapters call it between units of request work, so that a saturated server can
+ * still be upgraded. The control sockets are serviced right after the current unit (on the next
+ * tick), never inside it: a READY handled in the middle of parsing a request would change the
+ * adapter under its own feet.
+ */
 export function serviceControl(): void {
-  controlService();
+  if (serviceScheduled) return;
+  serviceScheduled = true;
+  process.nextTick(() => {
+    serviceScheduled = false;
+    controlService();
+  });
 }
