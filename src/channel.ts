@@ -5,21 +5,12 @@ import { EventEmitter } from 'node:events';
 import createDebug from 'debug';
 import { binding, isNativeError, type Binding, type PeerCredentials, type Poller } from './native';
 import { HandoverError } from './errors';
+import { CHUNK_HEADER, CHUNK_PAYLOAD, FrameAssembler, splitFrame } from './chunks';
 
 const debug = createDebug('handover:channel');
 
-/** Bytes of the chunk header: magic u16, version u8, flags u8, frame length u32, frame fd count u32. */
-const CHUNK_HEADER = 12;
-const MAGIC = 0x484f; // 'HO'
-const CHUNK_VERSION = 1;
-const FLAG_FIRST = 1;
-const FLAG_LAST = 2;
-/** Payload bytes per message: well under the default unix send buffer (~208 KiB), so sendmsg never fails with EMSGSIZE. */
-const CHUNK_PAYLOAD = 64 * 1024 - CHUNK_HEADER;
 /** Messages read per readiness callback before yielding to the event loop. */
 const READS_PER_TICK = 64;
-/** How long a control listener stops accepting after EMFILE and the like. */
-const ACCEPT_RETRY_MS = 100;
 
 export const DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_MAX_FDS_PER_FRAME = 16 * 1024;
@@ -80,6 +71,12 @@ function closeAll(native: Binding, fds: readonly number[]): void {
 
 /** Control endpoints that serviceControlSockets() looks at, besides their uv_poll_t. */
 const serviced = new Set<{ service(): void }>();
+
+/** serviceWith registers (true) or removes (false) an endpoint that serviceControlSockets() reads. */
+export function serviceWith(endpoint: { service(): void }, on: boolean): void {
+  if (on) serviced.add(endpoint);
+  else serviced.delete(endpoint);
+}
 let servicing = false;
 
 /**
@@ -113,7 +110,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   private readonly poller: Poller;
   private readonly receiveBuffer = Buffer.allocUnsafe(CHUNK_HEADER + CHUNK_PAYLOAD);
   private readonly queue: OutgoingChunk[] = [];
-  private assembling: { length: number; fdCount: number; parts: Buffer[]; received: number; fds: number[] } | undefined;
+  private readonly assembler: FrameAssembler;
   private paused = false;
   private closed = false;
   /** The peer closed its end (the end of stream was read), cleanly or in the middle of a frame. */
@@ -128,6 +125,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
     this.fd = fd;
     this.maxFrameSize = checkPositiveInteger('maxFrameSize', options.maxFrameSize, DEFAULT_MAX_FRAME_SIZE);
     this.maxFdsPerFrame = checkPositiveInteger('maxFdsPerFrame', options.maxFdsPerFrame, DEFAULT_MAX_FDS_PER_FRAME);
+    this.assembler = new FrameAssembler(this.maxFrameSize, this.maxFdsPerFrame);
     this.native = binding();
     this.poller = this.native.createPoller(fd, (status, readable, writable, disconnect) => {
       this.onReadiness(status, readable, writable, disconnect);
@@ -186,28 +184,11 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
       }
     }
     return new Promise<void>((resolve, reject) => {
-      const maxFds = this.native.MAX_FDS_PER_MESSAGE;
-      let offset = 0;
-      let fdOffset = 0;
-      let first = true;
-      do {
-        const bytes = Math.min(CHUNK_PAYLOAD, payload.length - offset);
-        const fdCount = Math.min(maxFds, fds.length - fdOffset);
-        const last = offset + bytes === payload.length && fdOffset + fdCount === fds.length;
-        const data = Buffer.allocUnsafe(CHUNK_HEADER + bytes);
-        data.writeUInt16BE(MAGIC, 0);
-        data.writeUInt8(CHUNK_VERSION, 2);
-        data.writeUInt8((first ? FLAG_FIRST : 0) | (last ? FLAG_LAST : 0), 3);
-        data.writeUInt32BE(payload.length, 4);
-        data.writeUInt32BE(fds.length, 8);
-        payload.copy(data, CHUNK_HEADER, offset, offset + bytes);
-        const chunk: OutgoingChunk = { data, fds: fds.slice(fdOffset, fdOffset + fdCount) };
+      for (const { data, fds: chunkFds, last } of splitFrame(payload, fds, this.native.MAX_FDS_PER_MESSAGE)) {
+        const chunk: OutgoingChunk = { data, fds: chunkFds };
         if (last) chunk.done = { resolve, reject, owned };
         this.queue.push(chunk);
-        offset += bytes;
-        fdOffset += fdCount;
-        first = false;
-      } while (offset < payload.length || fdOffset < fds.length);
+      }
       this.flush();
     });
   }
@@ -242,10 +223,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
         chunk.done.reject(error);
       }
     }
-    if (this.assembling) {
-      closeAll(this.native, this.assembling.fds);
-      this.assembling = undefined;
-    }
+    closeAll(this.native, this.assembler.abandon());
     try {
       this.native.close(this.fd);
     } catch (err) {
@@ -392,7 +370,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
 
   private onEnd(): void {
     if (this.closed) return;
-    if (this.assembling) {
+    if (this.assembler.inFrame) {
       this.peerEnded = true;
       this.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', 'the peer closed the control channel in the middle of a frame'));
       return;
@@ -404,172 +382,18 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   }
 
   private onChunk(data: Buffer, fds: number[]): void {
-    const reject = (reason: string): void => {
-      closeAll(this.native, fds);
-      this.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', reason));
-    };
-    if (data.length < CHUNK_HEADER) return reject(`message of ${data.length} bytes is shorter than a chunk header`);
-    if (data.readUInt16BE(0) !== MAGIC) return reject('message does not start with the handover magic');
-    if (data.readUInt8(2) !== CHUNK_VERSION) return reject(`unknown chunk version ${data.readUInt8(2)}`);
-    const flags = data.readUInt8(3);
-    if ((flags & ~(FLAG_FIRST | FLAG_LAST)) !== 0) return reject(`unknown chunk flags ${flags}`);
-    const length = data.readUInt32BE(4);
-    const fdCount = data.readUInt32BE(8);
-    const body = data.subarray(CHUNK_HEADER);
-    if (flags & FLAG_FIRST) {
-      if (this.assembling) return reject('a new frame started before the previous one ended');
-      if (length > this.maxFrameSize) return reject(`frame of ${length} bytes exceeds maxFrameSize ${this.maxFrameSize}`);
-      if (fdCount > this.maxFdsPerFrame) return reject(`frame with ${fdCount} fds exceeds maxFdsPerFrame ${this.maxFdsPerFrame}`);
-      this.assembling = { length, fdCount, parts: [], received: 0, fds: [] };
-    } else if (!this.assembling) {
-      return reject('a continuation chunk arrived outside a frame');
+    const result = this.assembler.push(data, fds);
+    if (result === undefined) return;
+    if ('error' in result) {
+      closeAll(this.native, result.untaken);
+      this.fail(new HandoverError('ERR_HANDOVER_PROTOCOL', result.error));
+      return;
     }
-    const frame = this.assembling;
-    if (length !== frame.length || fdCount !== frame.fdCount) return reject('chunk header disagrees with its frame');
-    if (frame.received + body.length > frame.length) return reject('frame is longer than announced');
-    if (frame.fds.length + fds.length > frame.fdCount) return reject('frame carries more fds than announced');
-    // Take ownership of the chunk's fds before anything else can fail.
-    frame.fds.push(...fds);
-    fds = [];
-    if (body.length > 0) {
-      // The receive buffer is reused: copy out.
-      frame.parts.push(Buffer.from(body));
-      frame.received += body.length;
+    if (this.listenerCount('frame') === 0) {
+      closeAll(this.native, result.frame.fds);
+      debug('channel fd %d: frame dropped, nobody listens', this.fd);
+      return;
     }
-    if (flags & FLAG_LAST) {
-      if (frame.received !== frame.length || frame.fds.length !== frame.fdCount) {
-        return reject(`frame ended with ${frame.received}/${frame.length} bytes and ${frame.fds.length}/${frame.fdCount} fds`);
-      }
-      this.assembling = undefined;
-      const payload = frame.parts.length === 1 ? frame.parts[0]! : Buffer.concat(frame.parts, frame.received);
-      if (this.listenerCount('frame') === 0) {
-        closeAll(this.native, frame.fds);
-        debug('channel fd %d: frame dropped, nobody listens', this.fd);
-        return;
-      }
-      this.emit('frame', { payload, fds: frame.fds });
-    }
-  }
-}
-
-/** connectChannel connects to a control socket path, once. ENOENT, ECONNREFUSED and EAGAIN (backlog full) come through as native errors. */
-export function connectChannel(path: string, options: FdChannelOptions = {}): FdChannel {
-  const fd = binding().seqpacketConnect(path);
-  return new FdChannel(fd, options);
-}
-
-/** How often connectChannelWithin tries again while the listener's backlog is full. */
-const CONNECT_RETRY_MS = 20;
-
-/**
- * connectChannelWithin connects without ever blocking the event loop: while the listener's backlog
- * is full (EAGAIN: a stalled peer) it tries again until `timeoutMs`, then fails with
- * ERR_UPGRADE_READY_TIMEOUT. Other errors (ENOENT, ECONNREFUSED, EACCES) reject at once.
- */
-export function connectChannelWithin(path: string, timeoutMs: number, options: FdChannelOptions = {}): Promise<FdChannel> {
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    const attempt = (): void => {
-      try {
-        resolve(connectChannel(path, options));
-      } catch (err) {
-        if (!isNativeError(err) || err.code !== 'EAGAIN') {
-          reject(err);
-        } else if (Date.now() >= deadline) {
-          reject(new HandoverError('ERR_UPGRADE_READY_TIMEOUT', `the control socket ${path} accepted no connection within ${timeoutMs} ms (its backlog is full: the process behind it is stalled)`, { cause: err }));
-        } else {
-          setTimeout(attempt, CONNECT_RETRY_MS);
-        }
-      }
-    };
-    attempt();
-  });
-}
-
-/** channelPair returns two connected channels (socketpair), for tests and in-process use. */
-export function channelPair(options: FdChannelOptions = {}): [FdChannel, FdChannel] {
-  const [a, b] = binding().seqpacketPair();
-  return [new FdChannel(a, options), new FdChannel(b, options)];
-}
-
-/**
- * ChannelListener accepts control connections on a unix SOCK_SEQPACKET socket path. It owns the
- * listening fd; the caller decides what to do with the path (it is never unlinked here).
- */
-export class ChannelListener extends EventEmitter<{ channel: [FdChannel]; error: [Error]; close: [] }> {
-  readonly fd: number;
-  private readonly native: Binding;
-  private readonly poller: Poller;
-  private readonly channelOptions: FdChannelOptions;
-  private closed = false;
-  private retryTimer: NodeJS.Timeout | undefined;
-
-  constructor(path: string, options: FdChannelOptions & { backlog?: number } = {}) {
-    super();
-    this.native = binding();
-    const { backlog, ...channelOptions } = options;
-    this.channelOptions = channelOptions;
-    this.fd = this.native.seqpacketListen(path, backlog ?? 16);
-    this.poller = this.native.createPoller(this.fd, (status) => {
-      if (status < 0) {
-        this.report(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `control listener poll failed (uv error ${status})`));
-        return;
-      }
-      this.acceptAll();
-    });
-    this.poller.start(true, false);
-    serviced.add(this);
-  }
-
-  /** service: accept what is queued now, as a readable poll would (see serviceControlSockets). */
-  service(): void {
-    if (!this.closed && this.retryTimer === undefined) this.acceptAll();
-  }
-
-  private acceptAll(): void {
-    while (!this.closed) {
-      let fd: number;
-      try {
-        fd = this.native.accept(this.fd);
-      } catch (err) {
-        const code = isNativeError(err) ? err.code : '';
-        if (code === 'EMFILE' || code === 'ENFILE' || code === 'ENOBUFS' || code === 'ENOMEM') {
-          // The connection stays in the backlog and the poll is level-triggered: stop watching for
-          // a while instead of spinning, and say why.
-          this.poller.stop();
-          this.retryTimer = setTimeout(() => {
-            this.retryTimer = undefined;
-            if (!this.closed) this.poller.start(true, false);
-          }, ACCEPT_RETRY_MS);
-          this.retryTimer.unref();
-        }
-        this.report(new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', `accepting a control connection failed: ${(err as Error).message}`, { cause: err }));
-        return;
-      }
-      if (fd < 0) return;
-      const channel = new FdChannel(fd, this.channelOptions);
-      if (this.listenerCount('channel') === 0) channel.close();
-      else this.emit('channel', channel);
-    }
-  }
-
-  /** report: an error of the listener is the owner's to hear; with no owner listening it is only logged. */
-  private report(err: Error): void {
-    debug('control listener: %s', err.message);
-    if (this.listenerCount('error') > 0) this.emit('error', err);
-  }
-
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    serviced.delete(this);
-    clearTimeout(this.retryTimer);
-    this.poller.close();
-    try {
-      this.native.close(this.fd);
-    } catch {
-      // Nothing to leak.
-    }
-    process.nextTick(() => this.emit('close'));
+    this.emit('frame', result.frame);
   }
 }

@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import createDebug from 'debug';
-import { ChannelListener, type FdChannelOptions } from './channel';
+import { ChannelListener } from './channel-endpoints';
+import type { FdChannelOptions } from './channel';
 import { HandoverError } from './errors';
 
 const debug = createDebug('handover:dir');

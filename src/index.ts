@@ -13,6 +13,7 @@ export type { ListenTarget, InheritedListener } from './listeners';
 export { listenerKey } from './listeners';
 export { HandoverError, isHandoverError } from './errors';
 export type { HandoverErrorCode } from './errors';
-export { FdChannel, ChannelListener, connectChannel, channelPair, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_FDS_PER_FRAME } from './channel';
+export { FdChannel, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_FDS_PER_FRAME } from './channel';
+export { ChannelListener, connectChannel, channelPair } from './channel-endpoints';
 export type { Frame, FdChannelOptions, SendOptions } from './channel';
 export type { PeerCredentials, SocketInfo, SocketType, SocketFamily } from './native';

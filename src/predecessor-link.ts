@@ -2,7 +2,8 @@
 // listeners, say READY and wait for the acknowledgement, then take the messages of the move phase.
 import * as path from 'node:path';
 import createDebug from 'debug';
-import { connectChannelWithin, type FdChannel } from './channel';
+import { connectChannelWithin } from './channel-endpoints';
+import type { FdChannel } from './channel';
 import { CONTROL_SOCKET, removeStaleSocket } from './control-dir';
 import { HandoverError, isHandoverError, type HandoverErrorCode } from './errors';
 import { accepts, FROM_PREDECESSOR, type LinkPhase } from './lifecycle';

@@ -3,7 +3,8 @@
 // ended (aborted, said BYE, went away, or was closed from here).
 import createDebug from 'debug';
 import { HandoverError, type HandoverErrorCode } from './errors';
-import { connectChannelWithin, type FdChannel } from './channel';
+import { connectChannelWithin } from './channel-endpoints';
+import type { FdChannel } from './channel';
 import { accepts, FROM_SUCCESSOR, type LinkPhase } from './lifecycle';
 import { closeFds } from './listeners';
 import { PROTOCOL_VERSION, type ListenerEntry, type Message } from './protocol';
