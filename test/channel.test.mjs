@@ -1,9 +1,10 @@
 // FdChannel: frames with fds between unrelated processes, limits, garbage, and no fd leaks.
-import { test, describe, beforeEach, afterEach } from 'node:test';
+import { test, describe, before, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import * as tls from 'node:tls';
 import { once } from 'node:events';
 import { FdChannel, ChannelListener, channelPair } from 'handover';
 import { binding } from '../dist/native.js';
@@ -14,6 +15,11 @@ import { ProcessGroup, fixtures, fdCount, fdList, tmpDir } from './helpers.mjs';
 const native = binding();
 let fdsBefore;
 let cleanups = [];
+
+// Loading node:tls (handover imports node:https) makes Node 22 and later read the CA certificates
+// (NODE_EXTRA_CA_CERTS among them) on a thread of their own: that file could be open when a test
+// takes its fd list and closed by the next. A secure context waits until that reading is done.
+before(() => tls.createSecureContext());
 
 beforeEach(() => {
   fdsBefore = fdList();

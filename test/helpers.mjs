@@ -5,6 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as http from 'node:http';
 import * as readline from 'node:readline';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -173,4 +174,36 @@ export class Sandbox {
     for (const group of this.groups.splice(0)) await group.cleanup();
     for (const dir of this.dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** reachableByOthers tells whether a user with no rights of its own (uid 65534) can use file with `bits` (o+r 4, o+x 1). */
+function reachableByOthers(file, bits) {
+  for (let dir = path.dirname(file); ; dir = path.dirname(dir)) {
+    if ((fs.statSync(dir).mode & 0o001) === 0) return false;
+    if (dir === path.dirname(dir)) break;
+  }
+  return (fs.statSync(file).mode & bits) === bits;
+}
+
+/**
+ * forOtherUser fills `dir` (made world-readable) with what a child running as another user
+ * (uid 65534) needs, because the checkout may not be reachable to it (a clone under a 0700
+ * directory, which is what `mktemp -d` makes): a copy of the addon, and a copy of node when this
+ * one lives where that user cannot run it (under /root, say). Returns the node to run, the addon
+ * path to require, and dir itself as the cwd.
+ */
+export function forOtherUser(dir) {
+  const require = createRequire(import.meta.url);
+  fs.chmodSync(dir, 0o755);
+  const addon = path.join(dir, 'handover.node');
+  fs.copyFileSync(require('node-gyp-build').path(root), addon);
+  fs.chmodSync(addon, 0o755);
+  let node = fs.realpathSync(process.execPath);
+  if (!reachableByOthers(node, 0o001)) {
+    const copy = path.join(dir, 'node');
+    fs.copyFileSync(node, copy);
+    fs.chmodSync(copy, 0o755);
+    node = copy;
+  }
+  return { node, addon, cwd: dir };
 }

@@ -80,6 +80,24 @@ class FrameClient {
     this.streaming = false;
   }
 
+  /** ackedBy resolves once a frame has been acknowledged by process `pid`. */
+  ackedBy(pid, timeout = 15_000) {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (!this.pids.has(pid)) return false;
+        clearTimeout(timer);
+        this.socket.off('data', check);
+        resolve();
+        return true;
+      };
+      const timer = setTimeout(() => {
+        this.socket.off('data', check);
+        reject(new Error(`no frame acknowledged by ${pid}; by ${[...this.pids]}`));
+      }, timeout);
+      if (!check()) this.socket.on('data', check);
+    });
+  }
+
   allAcked(timeout = 15_000) {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${this.acked}/${this.sent} frames acknowledged`)), timeout);
@@ -121,6 +139,9 @@ describe('moving connections', () => {
       // This generation's predecessor handed both connections over (and not an earlier one).
       await group.waitForLine(/^retired moved=2 closed=0 remaining=0/, { since });
     }
+    // Stream on until the last generation has acknowledged frames of its own: a client starved of
+    // CPU may have sent nothing since the move when the retired line arrives.
+    await Promise.all(clients.map((c) => c.ackedBy(pid)));
     for (const client of clients) client.stop();
     await Promise.all(clients.map((c) => c.allAcked()));
     for (const [index, client] of clients.entries()) {

@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import util from 'node:util';
+import { forOtherUser } from './helpers.mjs';
 
 const require = createRequire(import.meta.url);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -21,15 +22,19 @@ const O_NONBLOCK = 0o4000;
 const O_CLOEXEC = 0o2000000;
 
 let tmp;
+/** What a child running as uid 65534 needs, in a dir it can read (the checkout may be under a 0700 dir). */
+let nobody;
 
 before(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'handover-native-'));
+  nobody = forOtherUser(fs.mkdtempSync(path.join(os.tmpdir(), 'handover-native-nobody-')));
   // The first child process makes libuv open its signal pipe for good: do it before any count.
   await runChild('');
 });
 
 after(() => {
   fs.rmSync(tmp, { recursive: true, force: true });
+  fs.rmSync(nobody.cwd, { recursive: true, force: true });
 });
 
 function fdCount() {
@@ -108,21 +113,58 @@ async function destroySocket(socket) {
 }
 
 /** Runs a CommonJS script in a fresh node; NATIVE in it is the addon. Kills it (by pid) after 15 s. */
-function runChild(script, nodeArgs = [], spawnOptions = {}) {
+function runChild(script, nodeArgs = []) {
   const prelude = script === '' ? '' : `const NATIVE = require(${JSON.stringify(path.join(root, 'node_modules', 'node-gyp-build'))})(${JSON.stringify(root)});\n`;
+  return runNode(process.execPath, [...nodeArgs, '-e', prelude + script], { cwd: root });
+}
+
+/** Runs a CommonJS script as uid 65534 (nobody), from copies it can reach; NATIVE in it is the addon. */
+function runChildAsNobody(script) {
+  const prelude = `const NATIVE = require(${JSON.stringify(nobody.addon)});\n`;
+  return runNode(nobody.node, ['-e', prelude + script], { cwd: nobody.cwd, uid: 65534, gid: 65534 });
+}
+
+function runNode(node, args, spawnOptions) {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...nodeArgs, '-e', prelude + script], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], ...spawnOptions });
+    const child = spawn(node, args, { stdio: ['ignore', 'pipe', 'pipe'], ...spawnOptions });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (chunk) => (stdout += chunk));
     child.stderr.setEncoding('utf8').on('data', (chunk) => (stderr += chunk));
     const timer = setTimeout(() => process.kill(child.pid, 'SIGKILL'), 15_000);
-    child.on('error', reject);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr });
     });
   });
+}
+
+/**
+ * The fd of this process that holds the UDP socket bound to `port`, found from outside Node (whose
+ * dgram keeps its handle private since Node 26): the socket's inode in /proc/net/udp, then the fd
+ * in /proc/self/fd that links to it.
+ */
+function udpSocketFd(port) {
+  const hexPort = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  const inodes = new Set();
+  for (const line of fs.readFileSync('/proc/net/udp', 'utf8').split('\n').slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    if (fields.length > 9 && fields[1].endsWith(hexPort)) inodes.add(`socket:[${fields[9]}]`);
+  }
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    let target;
+    try {
+      target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // the fd readdir itself used, closed since
+    }
+    if (inodes.has(target)) return Number(fd);
+  }
+  throw new Error(`no fd of ours holds a UDP socket on port ${port}`);
 }
 
 describe('exports', () => {
@@ -355,11 +397,10 @@ describe('seqpacketListen, seqpacketConnect, accept', () => {
     try {
       if (process.getuid() === 0) {
         // root ignores permissions: ask as nobody.
-        const result = await runChild(
+        const result = await runChildAsNobody(
           `try { NATIVE.seqpacketConnect(${JSON.stringify(socketPath)}); console.log('connected'); } catch (err) { console.log(err.code, err.syscall); }`,
-          [],
-          { uid: 65534, gid: 65534 },
         );
+        assert.equal(result.stderr, '');
         assert.equal(result.stdout, 'EACCES connect\n');
       } else {
         fs.chmodSync(dir, 0);
@@ -463,9 +504,23 @@ describe('socketInfo', () => {
 
   fdTest('a UDP socket', async () => {
     const socket = dgram.createSocket('udp4');
-    await new Promise((resolve) => socket.bind(0, '127.0.0.1', resolve));
-    assert.deepEqual(native.socketInfo(socket._handle.fd), { type: 'dgram', family: 'inet', listening: false, address: '127.0.0.1', port: socket.address().port });
-    await new Promise((resolve) => socket.close(resolve));
+    try {
+      await new Promise((resolve, reject) => {
+        socket.once('error', reject);
+        socket.bind(0, '127.0.0.1', resolve);
+      });
+      const { port } = socket.address();
+      assert.deepEqual(native.socketInfo(udpSocketFd(port)), { type: 'dgram', family: 'inet', listening: false, address: '127.0.0.1', port });
+    } finally {
+      // Whatever failed above, the socket must not keep this file's event loop alive.
+      await new Promise((resolve) => {
+        try {
+          socket.close(resolve);
+        } catch {
+          resolve(); // never bound, or already closed
+        }
+      });
+    }
   });
 
   fdTest('a regular file: ENOTSOCK; a closed fd: EBADF', () => {

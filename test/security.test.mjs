@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Sandbox, fixtures, get, root } from './helpers.mjs';
+import { Sandbox, fixtures, forOtherUser, get } from './helpers.mjs';
 
 const serverScript = path.join(fixtures, 'server.mjs');
 let group;
@@ -14,12 +14,12 @@ afterEach(() => sandbox.cleanup());
 
 /**
  * A raw peer of the control socket, written to a world-readable temp dir with its own copy of the
- * addon so that it can run as another user. It sends one message and prints what came back.
+ * addon (and of node, if need be) so that it can run as another user. It sends one message and
+ * prints what came back.
  *   modes: hello (a valid HELLO), garbage (bytes that are no frame), hello-fds (HELLO with fds attached)
  */
 function writePeer(dir) {
-  const addon = path.join(dir, 'handover.node');
-  fs.copyFileSync(path.join(root, 'build', 'Release', 'handover.node'), addon);
+  const { node, addon } = forOtherUser(dir);
   const script = path.join(dir, 'peer.cjs');
   fs.writeFileSync(
     script,
@@ -67,15 +67,13 @@ function finish() { poller.close(); native.close(fd); process.exit(0); }
 setTimeout(() => { console.log('no-reply'); finish(); }, 5000);
 `,
   );
-  fs.chmodSync(dir, 0o755);
   fs.chmodSync(script, 0o644);
-  fs.chmodSync(addon, 0o755);
-  return script;
+  return { node, script, cwd: dir };
 }
 
-function runPeer(script, socketPath, mode, options = {}) {
+function runPeer(peer, socketPath, mode, options = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [script, socketPath, mode], { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+    const child = spawn(peer.node, [peer.script, socketPath, mode], { cwd: peer.cwd, stdio: ['ignore', 'pipe', 'pipe'], ...options });
     group.track(child.pid);
     let out = '';
     let err = '';
