@@ -93,6 +93,18 @@ export function isNativeError(err: unknown): err is NativeError {
 }
 
 let loaded: Binding | undefined;
+let injected: ((real: Binding) => Binding) | undefined;
+let wrapped: Binding | undefined;
+
+/**
+ * injectBinding replaces the syscalls seen by the rest of the package with `wrap(real)` (tests: a
+ * syscall that fails where the kernel rarely does), or restores the real ones with undefined.
+ * Exported only from 'handover/testing'.
+ */
+export function injectBinding(wrap: ((real: Binding) => Binding) | undefined): void {
+  injected = wrap;
+  wrapped = undefined;
+}
 
 /** The addon, loaded once (prebuilds/ first, then build/Release). */
 export function binding(): Binding {
@@ -101,5 +113,6 @@ export function binding(): Binding {
     const load = require('node-gyp-build') as (dir: string) => unknown;
     loaded = load(path.join(__dirname, '..')) as Binding;
   }
+  if (injected) return (wrapped ??= injected(loaded));
   return loaded;
 }

@@ -141,3 +141,42 @@ describe('upgrade() with an injected process layer', () => {
     await assert.rejects(upgrader.upgrade(), { code: 'ERR_HANDOVER_INVALID_STATE' });
   });
 });
+
+describe('rare syscall failures through an injected binding', () => {
+  test('a connecting peer whose credentials cannot be read: a warning, the connection closed, nothing else changes', async () => {
+    const { injectBinding } = await import('handover/testing');
+    const { binding } = await import('../dist/native.js');
+    const dir = path.join(sandbox.dir(), 'ctl');
+    const upgrader = new Upgrader({ dir, readyTimeout: 2000 });
+    await upgrader.ready();
+    const warnings = [];
+    upgrader.on('warning', (err) => warnings.push(err.code));
+    injectBinding((real) => ({
+      ...real,
+      peerCredentials: () => {
+        throw Object.assign(new Error('getsockopt: ENOBUFS'), { code: 'ENOBUFS', syscall: 'getsockopt' });
+      },
+    }));
+    let fd;
+    try {
+      fd = binding().seqpacketConnect(path.join(dir, 'control.sock'));
+      const deadline = Date.now() + 2000;
+      while (warnings.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    } finally {
+      injectBinding(undefined);
+    }
+    assert.deepEqual(warnings, ['ERR_UPGRADE_REFUSED']);
+    assert.equal(upgrader.state, 'serving');
+    // The predecessor closed its end: the peer reads the end of the stream.
+    const buffer = Buffer.alloc(64);
+    const deadline = Date.now() + 2000;
+    let message = null;
+    while (message === null && Date.now() < deadline) {
+      message = binding().recvmsg(fd, buffer, 4);
+      if (message === null) await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.deepEqual(message, { bytes: 0, fds: [] });
+    binding().close(fd);
+    upgrader.stop();
+  });
+});
