@@ -209,7 +209,11 @@ export class HttpAdapter implements ServerAdapter {
     this.move = move;
     for (const session of this.sessions) session.close();
     if (this.move && this.canMove) {
-      for (const socket of this.sockets) this.drain(socket);
+      // Everything idle now moves now, in the same batches as the other servers' connections
+      // (retirement starts every adapter in one turn); the rest at their next message boundary.
+      for (const socket of this.sockets) this.drain(socket, false);
+      const idle = new Set<object>(connectionsList(this.server)?.idle() ?? []);
+      for (const socket of [...this.draining.keys()]) this.check(socket, idle);
       return;
     }
     for (const socket of this.sockets) {
@@ -260,10 +264,10 @@ export class HttpAdapter implements ServerAdapter {
   }
 
   /** drain: stop reading a retiring connection so that it reaches a message boundary, then move it. */
-  private drain(socket: net.Socket): void {
+  private drain(socket: net.Socket, scheduleCheck = true): void {
     if (this.draining.has(socket) || socket.destroyed || !httpParser(socket)) return; // upgraded sockets belong to their new protocol
     this.draining.set(socket, { thaw: freezeReading(socket), leftover: Buffer.alloc(0), moving: false });
-    this.schedule(socket);
+    if (scheduleCheck) this.schedule(socket);
   }
 
   /** schedule: check a connection on the next turn, with every other one due then (one look at the list). */
