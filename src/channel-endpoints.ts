@@ -4,7 +4,8 @@ import { EventEmitter } from 'node:events';
 import createDebug from 'debug';
 import { binding, isNativeError, type Binding, type Poller } from './native';
 import { HandoverError } from './errors';
-import { FdChannel, serviceWith, type FdChannelOptions } from './channel';
+import { FdChannel, type FdChannelOptions } from './channel';
+import { serviceWith } from './control-service';
 
 const debug = createDebug('handover:channel');
 

@@ -5,6 +5,7 @@ import { EventEmitter } from 'node:events';
 import createDebug from 'debug';
 import { binding, isNativeError, type Binding, type PeerCredentials, type Poller } from './native';
 import { HandoverError } from './errors';
+import { serviceWith } from './control-service';
 import { CHUNK_HEADER, CHUNK_PAYLOAD, FrameAssembler, splitFrame } from './chunks';
 
 const debug = createDebug('handover:channel');
@@ -69,34 +70,6 @@ function closeAll(native: Binding, fds: readonly number[]): void {
   }
 }
 
-/** Control endpoints that serviceControlSockets() looks at, besides their uv_poll_t. */
-const serviced = new Set<{ service(): void }>();
-
-/** serviceWith registers (true) or removes (false) an endpoint that serviceControlSockets() reads. */
-export function serviceWith(endpoint: { service(): void }, on: boolean): void {
-  if (on) serviced.add(endpoint);
-  else serviced.delete(endpoint);
-}
-let servicing = false;
-
-/**
- * serviceControlSockets accepts and reads what the control sockets hold now, without waiting for
- * their uv_poll_t. A poll callback runs once per turn of the event loop, and under a flood of
- * requests one turn can take seconds (every ready connection parses a full read of pipelined
- * requests); a handshake needs a few turns, so the successor's readyTimeout would expire.
- * Request work calls this between reads (see the HTTP adapter): a handshake then waits for one
- * read's work, not for whole turns. Costs one non-blocking accept/recvmsg per endpoint.
- */
-export function serviceControlSockets(): void {
-  if (servicing || serviced.size === 0) return;
-  servicing = true;
-  try {
-    for (const endpoint of [...serviced]) endpoint.service();
-  } finally {
-    servicing = false;
-  }
-}
-
 /**
  * FdChannel carries frames (bytes plus fds) over one connected SOCK_SEQPACKET socket. It owns the
  * fd. Frames larger than one message are split and reassembled; fds arrive with exactly the frame
@@ -131,7 +104,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
       this.onReadiness(status, readable, writable, disconnect);
     });
     this.rearm();
-    serviced.add(this);
+    serviceWith(this, true);
   }
 
   /** service: read what is queued now, as a readable poll would (see serviceControlSockets). */
@@ -213,7 +186,7 @@ export class FdChannel extends EventEmitter<FdChannelEvents> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    serviced.delete(this);
+    serviceWith(this, false);
     this.poller.close();
     clearTimeout(this.refsRetry.timer);
     const error = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'the control channel was closed before the frame was sent');

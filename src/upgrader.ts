@@ -16,7 +16,7 @@ import { Successors, type Generation } from './successors';
 import { ServerSet } from './servers';
 import { adapterFor, setControlService } from './adapters/adapter';
 import { checkTimeout, resolveOptions, type ListenOptions, type ResolvedOptions, type UpgraderEvents, type UpgraderOptions } from './options';
-import { serviceControlSockets } from './channel';
+import { serviceControlSockets } from './control-service';
 import { fault } from './faults';
 import { runtimeCapabilities } from './runtime';
 
