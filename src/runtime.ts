@@ -1,11 +1,11 @@
-// The one module that reads Node's internals (stream handles, socket and server fields, the HTTP
-// connections list): typed accessors, and a start-up self-test on real objects that names what changed.
+// The one module that reads Node's internals (stream handles, socket and server fields; the HTTP ones in
+// src/runtime-http.ts beside it): typed accessors, and a start-up self-test on real objects that names what changed.
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { binding } from './native';
+import { checkHttpInternals } from './runtime-http';
 
 /** The libuv stream handle under a net.Socket (TCPWrap / PipeWrap), as the moves use it. */
 export interface StreamHandle {
@@ -32,8 +32,8 @@ interface SocketInternals {
   _write: WriteMethod;
   _writev: WritevMethod;
   _final: FinalMethod;
-  _httpMessage?: (http.ServerResponse & { finished?: boolean }) | null;
-  parser?: object | null;
+  /** Set by the http server while it holds back a connection's reads (lib/_http_server.js). */
+  _paused?: boolean;
 }
 
 function internals(socket: net.Socket): SocketInternals {
@@ -146,29 +146,32 @@ export function listeningServerFd(server: net.Server): number {
   return typeof fd === 'number' ? fd : -1;
 }
 
-// --- HTTP internals (used by the HTTP adapter) ---
-
-/** The server's internal list of HTTP parsers (Node >= 18.2), which knows which are between messages. */
-export interface HttpConnectionsList {
-  idle(): { socket?: net.Socket }[];
-  expired(headersTimeout: number, requestTimeout: number): { socket?: net.Socket }[];
+/** pausedByServer: the http server paused the connection (its responses are not being read: back-pressure). */
+export function pausedByServer(socket: net.Socket): boolean {
+  return internals(socket)._paused === true;
 }
 
-/** httpConnectionsList: the server's ConnectionsList (exists once the server listens), or undefined. */
-export function httpConnectionsList(server: http.Server): HttpConnectionsList | undefined {
-  const symbol = Object.getOwnPropertySymbols(server).find((s) => s.description === 'http.server.connections');
-  const list = symbol ? (server as unknown as Record<symbol, unknown>)[symbol] : undefined;
-  return list && typeof (list as HttpConnectionsList).idle === 'function' ? (list as HttpConnectionsList) : undefined;
-}
-
-/** httpMessage: the response in flight on a server socket (the first of a pipelined queue), or null. */
-export function httpMessage(socket: net.Socket): (http.ServerResponse & { finished?: boolean }) | null {
-  return internals(socket)._httpMessage ?? null;
-}
-
-/** httpParser: the socket's HTTP parser; null once the connection was upgraded to another protocol. */
-export function httpParser(socket: net.Socket): object | null {
-  return internals(socket).parser ?? null;
+/**
+ * freezeReading stops reading at the kernel (what an HTTP parser consumes directly, bypassing the
+ * stream) and keeps anything (resume(), the server's readStart after a message) from restarting
+ * it. Bytes left in the kernel move with the fd. Returns the undo, which restarts reading the way
+ * Node does (onSocketResume) unless something paused the socket meanwhile.
+ */
+export function freezeReading(socket: net.Socket): () => void {
+  const handle = handleOf(socket);
+  if (!handle || typeof handle.readStop !== 'function' || typeof handle.readStart !== 'function') return () => undefined;
+  const own = Object.prototype.hasOwnProperty.call(handle, 'readStart') ? handle.readStart : undefined;
+  handle.readStop();
+  handle.reading = false;
+  handle.readStart = () => 0;
+  return () => {
+    if (own) handle.readStart = own;
+    else delete (handle as Partial<StreamHandle>).readStart;
+    if (!socket.destroyed && !pausedByServer(socket) && socket.readableFlowing !== false) {
+      handle.reading = true;
+      handle.readStart();
+    }
+  };
 }
 
 // --- The self-test ---
@@ -308,17 +311,6 @@ function checkSocketInternals(problems: string[]): void {
     socket?.destroy();
     pair.cleanup();
   }
-}
-
-function checkHttpInternals(problems: string[]): void {
-  const server = http.createServer();
-  // The list is created when the server starts listening; 'listening' alone sets it up.
-  server.emit('listening');
-  const list = httpConnectionsList(server);
-  if (!list) problems.push("http.Server has no 'http.server.connections' list");
-  else if (typeof list.expired !== 'function') problems.push("http.Server's connections list has no expired()");
-  const interval = Object.getOwnPropertySymbols(server).find((s) => s.description === 'http.server.connectionsCheckingInterval');
-  if (interval) clearInterval((server as unknown as Record<symbol, NodeJS.Timeout>)[interval]);
 }
 
 /** resetRuntimeCapabilities forgets the cached result (tests only). */

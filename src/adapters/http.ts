@@ -2,143 +2,21 @@
 // connections its successor adopts. Plain HTTP/1.1 connections move at a message boundary: a busy
 // one stops reading at the kernel, answers what its parser already holds, and moves once nothing
 // is in flight; TLS connections and HTTP/2 sessions, whose state cannot move, are drained
-// (`Connection: close`, GOAWAY).
-import { EventEmitter } from 'node:events';
+// (`Connection: close`, GOAWAY). Feeding a busy parser to its message boundary: ./http-boundary.ts.
+import type { EventEmitter } from 'node:events';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type * as net from 'node:net';
 import createDebug from 'debug';
+import { freezeReading } from '../runtime';
+import { httpConnectionsList, httpMessage, httpParser, kOnExecute, parserCallback, setParserCallback, type HttpParser } from '../runtime-http';
 import { registerAdapter, serviceControl, type MoveConnection, type ServerAdapter } from './adapter';
+import { instrumentParser, readToBoundary, type Draining } from './http-boundary';
 
 const debug = createDebug('handover:http');
 
-// ---------------------------------------------------------------------------------------------
-// The Node internals this adapter reads (POSIX, Node 20-26), each behind one accessor so that a
-// runtime module can check them once. Sources: lib/_http_server.js, lib/_http_common.js,
-// src/node_http_parser.cc.
-
-/** The C++ HTTP parser of a server connection (internalBinding('http_parser').HTTPParser). */
-interface HttpParser {
-  [index: number]: unknown;
-  socket: net.Socket | null;
-  incoming: (http.IncomingMessage & { complete: boolean }) | null;
-  unconsume(): void;
-}
-
-interface ConnectionsList {
-  idle(): HttpParser[];
-  expired(headersTimeout: number, requestTimeout: number): HttpParser[];
-}
-
-interface TcpHandle {
-  reading?: boolean;
-  readStart(): number;
-  readStop(): number;
-}
-
-/** Indices of the parser's JS callbacks (HTTPParser.kOnBody, kOnMessageComplete, kOnExecute; stable since Node 12). */
-const kOnBody = 3;
-const kOnMessageComplete = 4;
-const kOnExecute = 5;
-
-/** connectionsList: the server's list of HTTP parsers (Node >= 18.2), which knows which are between messages. */
-function connectionsList(server: http.Server): ConnectionsList | undefined {
-  const symbol = Object.getOwnPropertySymbols(server).find((s) => s.description === 'http.server.connections');
-  const list = symbol ? (server as unknown as Record<symbol, unknown>)[symbol] : undefined;
-  return list && typeof (list as ConnectionsList).idle === 'function' ? (list as ConnectionsList) : undefined;
-}
-
-/** responseInFlight: the response being written on a connection (pipelined ones queue behind it). */
-function responseInFlight(socket: net.Socket): (http.ServerResponse & EventEmitter) | null {
-  return (socket as unknown as { _httpMessage?: http.ServerResponse | null })._httpMessage ?? null;
-}
-
-/** httpParser: the connection's parser; null once the connection left HTTP (upgrade, CONNECT) or closed. */
-function httpParser(socket: net.Socket): HttpParser | null {
-  const parser = (socket as unknown as { parser?: HttpParser | null }).parser;
-  return parser && typeof parser === 'object' ? parser : null;
-}
-
-/** parserRequest: the request a parser is reading or read last (IncomingMessage; `complete` once its body ended). */
-function parserRequest(parser: HttpParser): (http.IncomingMessage & { complete: boolean }) | null {
-  return parser.incoming ?? null;
-}
-
-/** parserCallback / setParserCallback: the parser's JS callbacks, by index (see kOnBody). */
-function parserCallback(parser: HttpParser, index: number): ((...args: unknown[]) => unknown) | undefined {
-  const callback = parser[index];
-  return typeof callback === 'function' ? (callback as (...args: unknown[]) => unknown) : undefined;
-}
-
-function setParserCallback(parser: HttpParser, index: number, callback: (this: HttpParser, ...args: never[]) => unknown): void {
-  parser[index] = callback;
-}
-
-/** stopConsuming: bytes stop going from the handle straight into the parser and reach the stream ('data') instead, as for an upgrade. */
-function stopConsuming(parser: HttpParser): boolean {
-  if (typeof parser.unconsume !== 'function') return false;
-  parser.unconsume();
-  return true;
-}
-
-/** pausedByServer: the http server paused the connection (its responses are not being read: back-pressure). */
-function pausedByServer(socket: net.Socket): boolean {
-  return (socket as unknown as { _paused?: boolean })._paused === true;
-}
-
-/** tcpHandle: the socket's libuv stream handle, with the reading switch Node itself uses (onSocketResume/onSocketPause). */
-function tcpHandle(socket: net.Socket): TcpHandle | null {
-  const handle = (socket as unknown as { _handle?: Partial<TcpHandle> | null })._handle;
-  return handle && typeof handle.readStop === 'function' && typeof handle.readStart === 'function' ? (handle as TcpHandle) : null;
-}
-
-/** serverDataListener: the http server's own 'data' listener on a connection (socketOnData), which feeds its parser. */
-function serverDataListener(socket: net.Socket): ((chunk: Buffer) => void) | undefined {
-  return socket.listeners('data').find((fn) => fn.name === 'bound socketOnData') as ((chunk: Buffer) => void) | undefined;
-}
-
-/**
- * freezeReading stops reading at the kernel (what the parser consumes directly, bypassing the
- * stream) and keeps anything (resume(), the server's readStart after a message) from restarting
- * it. Bytes left in the kernel move with the fd. Returns the undo. (As src/connections.ts does.)
- */
-function freezeReading(socket: net.Socket): () => void {
-  const handle = tcpHandle(socket);
-  if (!handle) return () => undefined;
-  const own = Object.prototype.hasOwnProperty.call(handle, 'readStart') ? handle.readStart : undefined;
-  handle.readStop();
-  handle.reading = false;
-  handle.readStart = () => 0;
-  return () => {
-    if (own) handle.readStart = own;
-    else delete (handle as Partial<TcpHandle>).readStart;
-    // Reading resumes the way Node restarts it (onSocketResume), unless something paused it meanwhile.
-    if (!socket.destroyed && !pausedByServer(socket) && socket.readableFlowing !== false) {
-      handle.reading = true;
-      handle.readStart();
-    }
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
-
 /** What Node adds to keepAliveTimeout before it closes an idle connection (lib/_http_server.js). */
 const KEEP_ALIVE_TIMEOUT_BUFFER = 1000;
-
-/** Body bytes of a request its parser has delivered so far (counted by the adapter, see instrumentParser). */
-const kBodyBytes = Symbol('handover.bodyBytes');
-const kMessagesCompleted = Symbol('handover.messagesCompleted');
-const kInstrumented = Symbol('handover.instrumented');
-
-/** A retiring connection that is not idle yet: its reads are frozen until it reaches a message boundary. */
-interface Draining {
-  thaw: () => void;
-  /** Bytes read past the end of the message that was completed: the next request's start, moved as pending. */
-  leftover: Buffer;
-  /** Set while the parser is fed by hand to complete a partial message. */
-  readingOn?: () => void;
-  moving: boolean;
-}
 
 /**
  * HttpAdapter follows one HTTP server's connections. On retire it moves every idle plain-HTTP
@@ -164,7 +42,7 @@ export class HttpAdapter implements ServerAdapter {
 
   constructor(server: http.Server, options: { tls: boolean; http2: boolean }) {
     this.server = server;
-    const list = connectionsList(server);
+    const list = httpConnectionsList(server);
     this.canMove = !options.tls && !options.http2 && list !== undefined;
     if (list && typeof list.expired === 'function') {
       // An adopted socket's parser starts as if a request had just begun (Initialize stamps it), so
@@ -212,12 +90,12 @@ export class HttpAdapter implements ServerAdapter {
       // Everything idle now moves now, in the same batches as the other servers' connections
       // (retirement starts every adapter in one turn); the rest at their next message boundary.
       for (const socket of this.sockets) this.drain(socket, false);
-      const idle = new Set<object>(connectionsList(this.server)?.idle() ?? []);
+      const idle = new Set<object>(httpConnectionsList(this.server)?.idle() ?? []);
       for (const socket of [...this.draining.keys()]) this.check(socket, idle);
       return;
     }
     for (const socket of this.sockets) {
-      const res = responseInFlight(socket);
+      const res = httpMessage(socket);
       if (!res || res.writableFinished) continue;
       if (!res.headersSent) res.shouldKeepAlive = false;
       else this.watch(res, () => this.closeIdle());
@@ -279,7 +157,7 @@ export class HttpAdapter implements ServerAdapter {
       this.checkScheduled = false;
       const due = [...this.scheduled];
       this.scheduled.clear();
-      const idle = new Set<object>(connectionsList(this.server)?.idle() ?? []);
+      const idle = new Set<object>(httpConnectionsList(this.server)?.idle() ?? []);
       for (const socket of due) this.check(socket, idle);
     });
   }
@@ -291,7 +169,7 @@ export class HttpAdapter implements ServerAdapter {
       this.release(socket);
       return;
     }
-    const res = responseInFlight(socket);
+    const res = httpMessage(socket);
     if (res) {
       // Pipelined responses queue behind this one: each becomes the one in flight in turn.
       this.watch(res, () => this.schedule(socket));
@@ -306,61 +184,19 @@ export class HttpAdapter implements ServerAdapter {
     else this.readOn(socket, parser, entry);
   }
 
-  /**
-   * readOn: every response is out but the parser holds part of a message: read until it completes,
-   * feeding the parser by hand so that it never receives a byte past that message's end (a chunk
-   * that holds the end of this request and the start of the next is split; the rest moves).
-   */
+  /** readOn: every response is out but the parser holds part of a message: read on to its end (see readToBoundary). */
   private readOn(socket: net.Socket, parser: HttpParser, entry: Draining): void {
-    const onData = serverDataListener(socket);
-    if (!onData || !(parser as { [kInstrumented]?: boolean })[kInstrumented] || !stopConsuming(parser)) {
-      debug('cannot feed the parser by hand; the connection is drained instead');
-      this.stay(socket);
-      return;
-    }
-    let buffered: Buffer = Buffer.alloc(0);
-    const before = messagesCompleted(parser);
-    const completed = (): boolean => messagesCompleted(parser) !== before;
-    const feed = (chunk: Buffer): void => {
-      buffered = buffered.length > 0 ? Buffer.concat([buffered, chunk]) : chunk;
-      while (buffered.length > 0 && !completed() && !socket.destroyed) {
-        if (pausedByServer(socket)) return; // Node's back-pressure: the next chunk goes on
-        const length = safeSliceLength(parser, buffered);
-        const slice = buffered.subarray(0, length);
-        buffered = buffered.subarray(length);
-        onData(slice);
-        if (httpParser(socket) !== parser) {
-          // The request was an upgrade: the connection left HTTP (the server removed its own
-          // listener); what follows is its new protocol's.
-          finish(false);
-          if (buffered.length > 0) socket.unshift(buffered);
-          this.release(socket);
-          return;
-        }
-      }
-      if (completed()) {
-        finish(true);
-        entry.leftover = Buffer.from(buffered);
+    const reading = readToBoundary(socket, parser, entry, {
+      completed: () => {
         debug('message completed; %d bytes of the next one move with the connection', entry.leftover.length);
         this.schedule(socket);
-      }
-    };
-    // Bytes kept while the server paused the connection go on when it resumes it.
-    const kick = (): void => feed(Buffer.alloc(0));
-    const finish = (serverListener: boolean): void => {
-      socket.removeListener('data', feed);
-      socket.removeListener('resume', kick);
-      if (serverListener && !socket.listeners('data').includes(onData)) EventEmitter.prototype.on.call(socket, 'data', onData);
-      entry.thaw = freezeReading(socket);
-      delete entry.readingOn;
-    };
-    entry.readingOn = () => finish(true);
-    // Bytes now reach the stream (not the parser directly, see stopConsuming), and only through `feed`.
-    socket.removeListener('data', onData);
-    EventEmitter.prototype.on.call(socket, 'data', feed);
-    socket.on('resume', kick);
-    entry.thaw();
-    socket.resume();
+      },
+      upgraded: () => this.release(socket),
+    });
+    if (!reading) {
+      debug('cannot feed the parser by hand; the connection is drained instead');
+      this.stay(socket);
+    }
   }
 
   private transfer(socket: net.Socket, entry: Draining): void {
@@ -385,7 +221,7 @@ export class HttpAdapter implements ServerAdapter {
   /** stay: the connection cannot move; it is served here until its next response closes it. */
   private stay(socket: net.Socket): void {
     this.lastResponse.add(socket);
-    const res = responseInFlight(socket);
+    const res = httpMessage(socket);
     if (res && !res.headersSent) res.shouldKeepAlive = false;
     this.release(socket);
   }
@@ -408,36 +244,6 @@ export class HttpAdapter implements ServerAdapter {
     this.draining.delete(socket);
     entry?.readingOn?.();
   }
-}
-
-/**
- * instrumentParser counts, on a connection's parser, the messages it completed and the body bytes
- * of each request, so that a message frozen half-way can be completed to its exact last byte. It
- * runs at 'connection', before the parser's first byte: Node 26 reads a parser's callbacks once per
- * connection, at its first execute, so a callback replaced later is never called. The parser object
- * is pooled: the wrappers stay on it and count for whichever connection it parses next.
- */
-function instrumentParser(socket: net.Socket): void {
-  const parser = httpParser(socket) as (HttpParser & { [kInstrumented]?: boolean }) | null;
-  if (!parser || parser[kInstrumented]) return;
-  const onBody = parserCallback(parser, kOnBody);
-  const onMessageComplete = parserCallback(parser, kOnMessageComplete);
-  if (!onBody || !onMessageComplete) return;
-  parser[kInstrumented] = true;
-  setParserCallback(parser, kOnBody, function (this: HttpParser, chunk: Buffer, ...rest: unknown[]) {
-    const req = parserRequest(this) as (http.IncomingMessage & { [kBodyBytes]?: number }) | null;
-    if (req && chunk) req[kBodyBytes] = (req[kBodyBytes] ?? 0) + chunk.length;
-    return onBody.call(this, chunk, ...rest);
-  });
-  setParserCallback(parser, kOnMessageComplete, function (this: HttpParser & { [kMessagesCompleted]?: number }, ...args: unknown[]) {
-    this[kMessagesCompleted] = (this[kMessagesCompleted] ?? 0) + 1;
-    return onMessageComplete.apply(this, args);
-  });
-}
-
-/** messagesCompleted: how many messages the connection's parser completed (see instrumentParser). */
-function messagesCompleted(parser: HttpParser): number {
-  return (parser as HttpParser & { [kMessagesCompleted]?: number })[kMessagesCompleted] ?? 0;
 }
 
 /** Request bytes parsed, over all connections, between two looks at the control sockets. */
@@ -467,24 +273,6 @@ function serviceControlBetweenReads(socket: net.Socket): void {
     }
     return result;
   });
-}
-
-/**
- * safeSliceLength: how many of `bytes` the parser may take without passing the end of the message
- * it is in. Headers and chunked bodies end with a line feed, so feeding a line at a time never
- * passes their end; a Content-Length body ends after exactly its remaining bytes.
- */
-function safeSliceLength(parser: HttpParser, bytes: Buffer): number {
-  const req = parserRequest(parser) as (http.IncomingMessage & { complete: boolean; [kBodyBytes]?: number }) | null;
-  const inBody = req !== null && !req.complete;
-  if (inBody && req.headers['transfer-encoding'] === undefined) {
-    const length = Number(req.headers['content-length']);
-    const remaining = length - (req[kBodyBytes] ?? 0);
-    if (Number.isSafeInteger(remaining) && remaining > 0) return Math.min(remaining, bytes.length);
-    return 1; // cannot tell: one byte at a time is always safe
-  }
-  const lineEnd = bytes.indexOf(0x0a);
-  return lineEnd < 0 ? bytes.length : lineEnd + 1;
 }
 
 /** http2's server classes are not exported: know them by the settings API only they have. */
