@@ -8,6 +8,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as tls from 'node:tls';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import fc from 'fast-check';
@@ -29,6 +30,9 @@ const templates = {};
 const files = [];
 
 before(async () => {
+  // Node 22+ loads the CA certificates (NODE_EXTRA_CA_CERTS too) on a thread once node:tls is
+  // loaded (handover imports node:https): let that finish, or its fd comes and goes mid-case.
+  tls.createSecureContext();
   dir = tmpDir('handover-fuzz-');
   for (let i = 0; i < 300; i++) {
     const file = path.join(dir, `f${i}`);

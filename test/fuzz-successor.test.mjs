@@ -15,6 +15,11 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import fc from 'fast-check';
 import { ChannelListener } from 'handover';
+import * as tls from 'node:tls';
+
+// Node 22+ loads the CA certificates on a thread once node:tls is loaded (handover imports
+// node:https): let that finish now, or its fd comes and goes while this process counts its fds.
+tls.createSecureContext();
 import { binding } from '../dist/native.js';
 import { ControlSession } from '../dist/session.js';
 import { Sandbox, fixtures, get, fdCount, isAlive, waitUntil } from './helpers.mjs';

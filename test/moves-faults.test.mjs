@@ -8,6 +8,11 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { execFileSync } from 'node:child_process';
 import { ChannelListener } from 'handover';
+import * as tls from 'node:tls';
+
+// Node 22+ loads the CA certificates on a thread once node:tls is loaded (handover imports
+// node:https): let that finish now, or its fd comes and goes while this process counts its fds.
+tls.createSecureContext();
 import { Sandbox, fixtures, isAlive, root, waitUntil } from './helpers.mjs';
 
 const require = createRequire(import.meta.url);
