@@ -1,6 +1,8 @@
-// The syscalls behind the binding (see fdpass.h). Linux first; macOS compiles, using fcntl where
-// Linux sets flags atomically, and getpeereid where Linux has SO_PEERCRED.
+// The syscalls behind the binding (see fdpass.h): unix sockets, sendmsg/recvmsg with SCM_RIGHTS,
+// dup/close. Linux first; macOS compiles, using fcntl where Linux sets flags atomically.
+// Socket introspection is in introspect.cc, errno names in errnames.cc.
 #include "fdpass.h"
+#include "result.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -16,19 +18,6 @@
 namespace fdpass {
 namespace {
 
-Result Ok(int64_t value) {
-  Result result;
-  result.value = value;
-  return result;
-}
-
-Result Fail(const char* syscall, int errnum) {
-  Result result;
-  result.value = -1;
-  result.err = -errnum;
-  result.syscall = syscall;
-  return result;
-}
 
 bool IsWouldBlock(int errnum) {
   return errnum == EAGAIN || errnum == EWOULDBLOCK;
@@ -96,110 +85,6 @@ int FillUnixAddress(const char* path, size_t length, sockaddr_un* address, sockl
 
 // Room for the most fds any message may carry; the kernel is told less when the caller wants less.
 constexpr size_t kControlBytes = CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage);
-
-const char* TypeName(int type) {
-  switch (type) {
-    case SOCK_STREAM:
-      return "stream";
-    case SOCK_DGRAM:
-      return "dgram";
-    case SOCK_SEQPACKET:
-      return "seqpacket";
-    case SOCK_RAW:
-      return "raw";
-    default:
-      return "unknown";
-  }
-}
-
-const char* FamilyName(int family) {
-  switch (family) {
-    case AF_INET:
-      return "inet";
-    case AF_INET6:
-      return "inet6";
-    case AF_UNIX:
-      return "unix";
-    default:
-      return "unknown";
-  }
-}
-
-// GNU strerror_r returns the message; XSI strerror_r fills the buffer. Overloads pick the right one.
-[[maybe_unused]] const char* PickMessage(int, const char* buffer) {
-  return buffer;
-}
-[[maybe_unused]] const char* PickMessage(const char* message, const char*) {
-  return message;
-}
-
-struct ErrnoEntry {
-  int number;
-  const char* name;
-};
-
-// Names as Node reports them (util.getSystemErrorName): first match wins where two are equal.
-const ErrnoEntry kErrnoNames[] = {
-    {E2BIG, "E2BIG"},
-    {EACCES, "EACCES"},
-    {EADDRINUSE, "EADDRINUSE"},
-    {EADDRNOTAVAIL, "EADDRNOTAVAIL"},
-    {EAFNOSUPPORT, "EAFNOSUPPORT"},
-    {EAGAIN, "EAGAIN"},
-    {EALREADY, "EALREADY"},
-    {EBADF, "EBADF"},
-    {EBUSY, "EBUSY"},
-    {ECANCELED, "ECANCELED"},
-    {ECONNABORTED, "ECONNABORTED"},
-    {ECONNREFUSED, "ECONNREFUSED"},
-    {ECONNRESET, "ECONNRESET"},
-    {EDESTADDRREQ, "EDESTADDRREQ"},
-    {EEXIST, "EEXIST"},
-    {EFAULT, "EFAULT"},
-    {EFBIG, "EFBIG"},
-    {EHOSTUNREACH, "EHOSTUNREACH"},
-    {EINPROGRESS, "EINPROGRESS"},
-    {EINTR, "EINTR"},
-    {EINVAL, "EINVAL"},
-    {EIO, "EIO"},
-    {EISCONN, "EISCONN"},
-    {EISDIR, "EISDIR"},
-    {ELOOP, "ELOOP"},
-    {EMFILE, "EMFILE"},
-    {EMSGSIZE, "EMSGSIZE"},
-    {ENAMETOOLONG, "ENAMETOOLONG"},
-    {ENETDOWN, "ENETDOWN"},
-    {ENETUNREACH, "ENETUNREACH"},
-    {ENFILE, "ENFILE"},
-    {ENOBUFS, "ENOBUFS"},
-    {ENODEV, "ENODEV"},
-    {ENOENT, "ENOENT"},
-    {ENOMEM, "ENOMEM"},
-    {ENOPROTOOPT, "ENOPROTOOPT"},
-    {ENOSPC, "ENOSPC"},
-    {ENOSYS, "ENOSYS"},
-    {ENOTCONN, "ENOTCONN"},
-    {ENOTDIR, "ENOTDIR"},
-    {ENOTEMPTY, "ENOTEMPTY"},
-    {ENOTSOCK, "ENOTSOCK"},
-    {ENOTSUP, "ENOTSUP"},
-    {EOPNOTSUPP, "EOPNOTSUPP"},
-    {EOVERFLOW, "EOVERFLOW"},
-    {EPERM, "EPERM"},
-    {EPIPE, "EPIPE"},
-    {EPROTO, "EPROTO"},
-    {EPROTONOSUPPORT, "EPROTONOSUPPORT"},
-    {EPROTOTYPE, "EPROTOTYPE"},
-    {ERANGE, "ERANGE"},
-    {EROFS, "EROFS"},
-    {ESHUTDOWN, "ESHUTDOWN"},
-    {ESPIPE, "ESPIPE"},
-    {ESRCH, "ESRCH"},
-    {ETIMEDOUT, "ETIMEDOUT"},
-    {ETOOMANYREFS, "ETOOMANYREFS"},
-    {ETXTBSY, "ETXTBSY"},
-    {EXDEV, "EXDEV"},
-};
 
 }  // namespace
 
@@ -399,80 +284,6 @@ Result ReceiveMessage(int fd, void* buffer, size_t length, int maxFds, ReceivedF
   return Ok(bytes);
 }
 
-Result PeerCredentials(int fd, Credentials* credentials) {
-#ifdef __linux__
-  ucred peer;
-  socklen_t length = sizeof(peer);
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &length) < 0) return Fail("getsockopt", errno);
-  credentials->pid = peer.pid;
-  credentials->uid = peer.uid;
-  credentials->gid = peer.gid;
-#else
-  uid_t uid;
-  gid_t gid;
-  if (getpeereid(fd, &uid, &gid) < 0) return Fail("getpeereid", errno);
-  credentials->pid = -1;
-  credentials->uid = uid;
-  credentials->gid = gid;
-#endif
-  return Ok(0);
-}
-
-Result DescribeSocket(int fd, SocketDescription* description) {
-  int type = 0;
-  socklen_t length = sizeof(type);
-  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0) return Fail("getsockopt", errno);
-  int accepting = 0;
-  length = sizeof(accepting);
-  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length) < 0) return Fail("getsockopt", errno);
-
-  sockaddr_storage address;
-  std::memset(&address, 0, sizeof(address));
-  socklen_t addressLength = sizeof(address);
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &addressLength) < 0) {
-    return Fail("getsockname", errno);
-  }
-  int family = address.ss_family;
-#ifdef SO_DOMAIN
-  int domain = 0;
-  length = sizeof(domain);
-  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0) family = domain;
-#endif
-
-  description->type = TypeName(type);
-  description->family = FamilyName(family);
-  description->listening = accepting != 0;
-  char text[INET6_ADDRSTRLEN];
-  if (family == AF_INET && address.ss_family == AF_INET) {
-    const sockaddr_in* inet = reinterpret_cast<const sockaddr_in*>(&address);
-    if (inet_ntop(AF_INET, &inet->sin_addr, text, sizeof(text)) == nullptr) return Fail("inet_ntop", errno);
-    description->hasAddress = true;
-    description->address = text;
-    description->port = ntohs(inet->sin_port);
-  } else if (family == AF_INET6 && address.ss_family == AF_INET6) {
-    const sockaddr_in6* inet6 = reinterpret_cast<const sockaddr_in6*>(&address);
-    if (inet_ntop(AF_INET6, &inet6->sin6_addr, text, sizeof(text)) == nullptr) return Fail("inet_ntop", errno);
-    description->hasAddress = true;
-    description->address = text;
-    description->port = ntohs(inet6->sin6_port);
-  } else if (family == AF_UNIX) {
-    const sockaddr_un* local = reinterpret_cast<const sockaddr_un*>(&address);
-    size_t offset = offsetof(sockaddr_un, sun_path);
-    size_t pathLength = addressLength > offset ? addressLength - offset : 0;
-    if (pathLength > sizeof(local->sun_path)) pathLength = sizeof(local->sun_path);
-    description->hasPath = true;
-#ifdef __linux__
-    // An abstract name is every byte the address length covers, its leading NUL included.
-    if (pathLength > 0 && local->sun_path[0] == '\0') {
-      description->path.assign(local->sun_path, pathLength);
-      return Ok(0);
-    }
-#endif
-    description->path.assign(local->sun_path, strnlen(local->sun_path, pathLength));
-  }
-  return Ok(0);
-}
-
 Result Dup(int fd) {
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (copy < 0) return Fail("fcntl", errno);
@@ -487,27 +298,6 @@ Result Close(int fd) {
 Result SetNonBlocking(int fd, bool on) {
   if (SetStatusFlag(fd, O_NONBLOCK, on) < 0) return Fail("fcntl", errno);
   return Ok(0);
-}
-
-Result IdentifyFile(int fd, FileIdentity* identity) {
-  struct stat status;
-  if (fstat(fd, &status) < 0) return Fail("fstat", errno);
-  identity->device = static_cast<uint64_t>(status.st_dev);
-  identity->inode = static_cast<uint64_t>(status.st_ino);
-  return Ok(0);
-}
-
-const char* ErrnoName(int err) {
-  for (const ErrnoEntry& entry : kErrnoNames) {
-    if (entry.number == -err) return entry.name;
-  }
-  return "UNKNOWN";
-}
-
-std::string ErrnoMessage(int err) {
-  char buffer[256];
-  buffer[0] = '\0';
-  return PickMessage(strerror_r(-err, buffer, sizeof(buffer)), buffer);
 }
 
 }  // namespace fdpass
