@@ -154,20 +154,22 @@ export function pausedByServer(socket: net.Socket): boolean {
 /**
  * freezeReading stops reading at the kernel (what an HTTP parser consumes directly, bypassing the
  * stream) and keeps anything (resume(), the server's readStart after a message) from restarting
- * it. Bytes left in the kernel move with the fd. Returns the undo, which restarts reading the way
- * Node does (onSocketResume) unless something paused the socket meanwhile.
+ * it. Bytes left in the kernel move with the fd. Returns the undo, which restarts reading when
+ * `restartIf(wasReading)` holds: by default the way Node does (onSocketResume), unless something
+ * paused the socket meanwhile.
  */
-export function freezeReading(socket: net.Socket): () => void {
+export function freezeReading(socket: net.Socket, restartIf: (wasReading: boolean) => boolean = () => !socket.destroyed && !pausedByServer(socket) && socket.readableFlowing !== false): () => void {
   const handle = handleOf(socket);
   if (!handle || typeof handle.readStop !== 'function' || typeof handle.readStart !== 'function') return () => undefined;
   const own = Object.prototype.hasOwnProperty.call(handle, 'readStart') ? handle.readStart : undefined;
+  const wasReading = handle.reading;
   handle.readStop();
   handle.reading = false;
   handle.readStart = () => 0;
   return () => {
     if (own) handle.readStart = own;
     else delete (handle as Partial<StreamHandle>).readStart;
-    if (!socket.destroyed && !pausedByServer(socket) && socket.readableFlowing !== false) {
+    if (restartIf(wasReading)) {
       handle.reading = true;
       handle.readStart();
     }

@@ -75,6 +75,9 @@ function statFields(pid: number, task?: string): string[] | undefined {
   }
 }
 
+/** How long a process whose control link just broke may take to finish dying before it counts as alive. */
+export const EXIT_GRACE_MS = 1000;
+
 /**
  * waitGone resolves true once `pid` is gone (every thread exited), false if it is still alive after
  * `graceMs` or cannot be seen from here (another PID namespace): a process whose control link just

@@ -10,7 +10,7 @@ import type { ChangeQueue, Lifecycle, LifecycleEvent } from './lifecycle';
 import type { TransferOptions } from './connections';
 import type { ConnectionsReport, ConnectionTracker } from './connection-tracker';
 import { probeGeneration, SuccessorLink, type LinkEnd } from './successor-link';
-import { SpawnedSuccessor, waitGone, type ProcessLayer } from './spawner';
+import { SpawnedSuccessor, EXIT_GRACE_MS, waitGone, type ProcessLayer } from './spawner';
 import { Retirement } from './retirement';
 import type { ServerSet } from './servers';
 import type { ResolvedOptions, UpgraderEvents } from './options';
@@ -19,8 +19,6 @@ import { runtimeCapabilities } from './runtime';
 
 const debug = createDebug('handover:successors');
 
-/** How long a predecessor waits for a successor whose link broke to be gone before it counts it alive. */
-const EXIT_GRACE_MS = 1000;
 
 /** What the parts of one generation share: its state, its servers and connections, its directory. */
 export interface Generation {

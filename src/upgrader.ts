@@ -11,7 +11,7 @@ import { closeFds, listenerKey, mismatch, type InheritedListener, type ListenTar
 import { ConnectionAdopter, type TransferOptions } from './connections';
 import { ConnectionTracker, type ConnectionsReport } from './connection-tracker';
 import { PredecessorLink } from './predecessor-link';
-import { systemProcesses, waitGone, type ProcessLayer } from './spawner';
+import { systemProcesses, EXIT_GRACE_MS, waitGone, type ProcessLayer } from './spawner';
 import { Successors, type Generation } from './successors';
 import { ServerSet } from './servers';
 import { adapterFor, setControlService } from './adapters/adapter';
@@ -25,8 +25,6 @@ const debug = createDebug('handover:upgrader');
 // Adapters service the control sockets between units of request work (a saturated server stays upgradable).
 setControlService(serviceControlSockets);
 
-/** How long a successor whose predecessor's link broke waits for that process to be gone before it counts it alive. */
-const EXIT_GRACE_MS = 1000;
 
 /**
  * Upgrader runs one generation of a server. Create it first thing, give it your servers with

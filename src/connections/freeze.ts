@@ -3,30 +3,12 @@
 import { EventEmitter } from 'node:events';
 import type * as net from 'node:net';
 import { HandoverError } from '../errors';
-import { handleOf, readableState, socketTimeout, writeQueueSize } from '../runtime';
+import { freezeReading, readableState, socketTimeout, writeQueueSize } from '../runtime';
 
 /** A frozen socket: the bytes it had buffered, and how to undo the freeze. */
 export interface Frozen {
   buffered: Buffer;
   thaw: () => void;
-}
-
-/** Stops reading at the kernel level and keeps anything (resume(), timers, HTTP) from restarting it. */
-function freezeReading(socket: net.Socket): () => void {
-  const handle = handleOf(socket)!;
-  const originalReadStart = Object.prototype.hasOwnProperty.call(handle, 'readStart') ? handle.readStart : undefined;
-  const wasReading = handle.reading;
-  handle.readStop();
-  handle.reading = false;
-  handle.readStart = () => 0;
-  return () => {
-    if (originalReadStart) handle.readStart = originalReadStart;
-    else delete (handle as Partial<typeof handle>).readStart;
-    if (wasReading) {
-      handle.reading = true;
-      handle.readStart();
-    }
-  };
 }
 
 /** Takes what the stream already buffered (read from the kernel, not yet delivered), without emitting it. */
@@ -51,7 +33,8 @@ function takeBuffered(socket: net.Socket): Buffer {
  * connection handed back after a refusal or a rollback times out as before.
  */
 export function freeze(socket: net.Socket): Frozen {
-  const unfreeze = freezeReading(socket);
+  // Given back, it reads again exactly when it was reading before the move.
+  const unfreeze = freezeReading(socket, (wasReading) => wasReading);
   const buffered = takeBuffered(socket);
   const wasFlowing = socket.readableFlowing === true;
   socket.pause();
