@@ -173,8 +173,8 @@ export class Successors {
    */
   private async successorGone(link: SuccessorLink): Promise<boolean> {
     if (link.peerPid > 0) return waitGone(this.generation.os, link.peerPid, EXIT_GRACE_MS);
-    // A successor that could not take over says ABORT; one that did is reachable there.
-    if (this.generation.control && ownsControlSocket(this.generation.control)) return true;
+    // Only a successor that took over gets here (one that never did was rolled back from at
+    // once): it is reachable on control.sock.
     return !(await probeGeneration(path.join(this.generation.dir, CONTROL_SOCKET), this.generation.options.readyTimeout));
   }
 
