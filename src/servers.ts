@@ -68,20 +68,8 @@ export class ServerSet {
    * closed is not offered). The dups travel; the servers' own fds stay untouched whatever happens.
    */
   offer(): { listeners: ListenerEntry[]; fds: number[] } {
-    const native = binding();
-    const listeners: ListenerEntry[] = [];
-    const fds: number[] = [];
-    try {
-      for (const entry of this.entries.values()) {
-        if (!entry.server.listening) continue;
-        fds.push(native.dup(serverFd(entry.server)));
-        listeners.push({ key: entry.key, kind: entry.kind });
-      }
-    } catch (err) {
-      closeFds(fds);
-      throw new HandoverError('ERR_UPGRADE_REFUSED', `cannot duplicate a listening socket: ${(err as Error).message}`, { cause: err });
-    }
-    return { listeners, fds };
+    const dups = this.dupListening((entry) => entry.server.listening, 'duplicate');
+    return { listeners: dups.map(([entry]) => ({ key: entry.key, kind: entry.kind })), fds: dups.map(([, fd]) => fd) };
   }
 
   /**
@@ -89,23 +77,28 @@ export class ServerSet {
    * kernel socket and its accept queue stay alive for the successor, and for a rollback.
    */
   stopAccepting(): void {
-    const native = binding();
-    const kept: [ServerEntry, number][] = [];
     // Every dup first: if one fails (EMFILE), nothing has changed and READY can be refused.
-    try {
-      for (const entry of this.entries.values()) {
-        if (entry.keptFd !== undefined || !entry.server.listening) continue;
-        kept.push([entry, native.dup(serverFd(entry.server))]);
-      }
-    } catch (err) {
-      closeFds(kept.map(([, fd]) => fd));
-      throw new HandoverError('ERR_UPGRADE_REFUSED', `cannot keep a copy of a listening socket: ${(err as Error).message}`, { cause: err });
-    }
+    const kept = this.dupListening((entry) => entry.keptFd === undefined && entry.server.listening, 'keep a copy of');
     for (const [entry, fd] of kept) {
       entry.keptFd = fd;
       stopAccepting(entry.server);
       debug('stopped accepting %s', entry.key);
     }
+  }
+
+  /** dupListening dups the listening fd of every server `which` selects: all of them, or none (ERR_UPGRADE_REFUSED). */
+  private dupListening(which: (entry: ServerEntry) => boolean, verb: string): [ServerEntry, number][] {
+    const native = binding();
+    const dups: [ServerEntry, number][] = [];
+    try {
+      for (const entry of this.entries.values()) {
+        if (which(entry)) dups.push([entry, native.dup(serverFd(entry.server))]);
+      }
+    } catch (err) {
+      closeFds(dups.map(([, fd]) => fd));
+      throw new HandoverError('ERR_UPGRADE_REFUSED', `cannot ${verb} a listening socket: ${(err as Error).message}`, { cause: err });
+    }
+    return dups;
   }
 
   /** resumeAccepting listens again on every kept fd (rollback); failures are reported, the rest resume. */
