@@ -2,7 +2,8 @@
 // connections its successor adopts. Plain HTTP/1.1 connections move at a message boundary: a busy
 // one stops reading at the kernel, answers what its parser already holds, and moves once nothing
 // is in flight; TLS connections and HTTP/2 sessions, whose state cannot move, are drained
-// (`Connection: close`, GOAWAY). Feeding a busy parser to its message boundary: ./http-boundary.ts.
+// (`Connection: close` on the next response, GOAWAY), never closed under a request that may be on
+// the wire. Feeding a busy parser to its message boundary: ./http-boundary.ts.
 import type { EventEmitter } from 'node:events';
 import * as http from 'node:http';
 import * as https from 'node:https';
@@ -22,7 +23,9 @@ const KEEP_ALIVE_TIMEOUT_BUFFER = 1000;
  * HttpAdapter follows one HTTP server's connections. On retire it moves every idle plain-HTTP
  * connection at once; a busy one stops reading, answers the requests its parser already holds,
  * and moves at the first message boundary. Without a way to move (TLS, HTTP/2, or an old runtime)
- * it ends keep-alive instead: `Connection: close` on the next response, idle connections closed.
+ * it ends keep-alive instead: `Connection: close` on the next response; a connection that stays
+ * idle goes by the server's own keep-alive timeout (closing it now would reset the request its
+ * client may be sending at this very moment).
  */
 export class HttpAdapter implements ServerAdapter {
   private retiring = false;
@@ -36,12 +39,16 @@ export class HttpAdapter implements ServerAdapter {
   private readonly lastResponse = new WeakSet<net.Socket>();
   /** Responses with our one 'finish' listener: never a second one on the same response. */
   private readonly watched = new WeakSet<object>();
+  /** HTTP/1.1 fallback connections of an HTTP/2 server told to close after their next response: their parser's own onIncoming and ours. */
+  private readonly fallbackClosing = new Map<net.Socket, { parser: ParserWithIncoming; own: OnIncoming; closing: OnIncoming }>();
+  private readonly http2: boolean;
   private readonly scheduled = new Set<net.Socket>();
   private checkScheduled = false;
   readonly canMove: boolean;
 
   constructor(server: http.Server, options: { tls: boolean; http2: boolean }) {
     this.server = server;
+    this.http2 = options.http2;
     const list = httpConnectionsList(server);
     this.canMove = !options.tls && !options.http2 && list !== undefined;
     if (list && typeof list.expired === 'function') {
@@ -60,6 +67,7 @@ export class HttpAdapter implements ServerAdapter {
       serviceControlBetweenReads(socket);
       if (this.canMove) instrumentParser(socket);
       if (this.retiring && this.move && this.canMove) this.drain(socket);
+      else if (this.retiring) this.closeAfterNextResponse(socket);
     });
     if (options.http2) {
       server.on('session', (session: { close(): void; once(event: 'close', fn: () => void): void }) => {
@@ -68,6 +76,11 @@ export class HttpAdapter implements ServerAdapter {
         if (this.retiring) session.close();
       });
     }
+    // An HTTP/2 server gets no 'request' listener: the first one switches on Node's compatibility
+    // layer for every stream (lib/internal/http2/core.js, setupCompat), which changes how a server
+    // that uses the stream API behaves (it sends trailers of its own). Its HTTP/1.1 fallback
+    // connections (allowHTTP1) end keep-alive through their parser instead (closeAfterNextResponse).
+    if (options.http2) return;
     // First in line, so that the application's handler already sees the final decision.
     server.prependListener('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
       const socket = req.socket;
@@ -94,19 +107,20 @@ export class HttpAdapter implements ServerAdapter {
       for (const socket of [...this.draining.keys()]) this.check(socket, idle);
       return;
     }
-    for (const socket of this.sockets) {
-      const res = httpMessage(socket);
-      if (!res || res.writableFinished) continue;
-      if (!res.headersSent) res.shouldKeepAlive = false;
-      else this.watch(res, () => this.closeIdle());
-    }
-    this.closeIdle();
+    // Never closeIdleConnections(): "idle" is only the instant between a response and the next
+    // request, which may already be on the wire (the client would see a reset). Each connection
+    // ends after its next response instead, or by the server's keep-alive timeout if it stays idle.
+    for (const socket of this.sockets) this.closeAfterNextResponse(socket);
   }
 
   /** resume (after a rollback): keep-alive as usual; frozen connections read again. */
   resume(): void {
     this.retiring = false;
     this.move = undefined;
+    for (const { parser, own, closing } of this.fallbackClosing.values()) {
+      if (parser.onIncoming === closing) parser.onIncoming = own;
+    }
+    this.fallbackClosing.clear();
     for (const socket of [...this.draining.keys()]) {
       if (!this.draining.get(socket)?.moving) this.release(socket);
     }
@@ -128,10 +142,22 @@ export class HttpAdapter implements ServerAdapter {
     return bytes !== undefined && socket.bytesRead === bytes;
   }
 
-  /** closeIdle: closeIdleConnections where the server has it (h2c's Http2Server does not). */
-  private closeIdle(): void {
-    const server = this.server as Partial<http.Server>;
-    if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+  /**
+   * closeAfterNextResponse: the response being written, if its head is not out yet, and every
+   * later one on this connection say `Connection: close`. HTTP/1.1 servers decide that in their
+   * 'request' listener; an HTTP/2 server's HTTP/1.1 fallback connection has its parser tell the
+   * server that the client asked to close (parserOnIncoming's keepAlive argument).
+   */
+  private closeAfterNextResponse(socket: net.Socket): void {
+    const res = httpMessage(socket);
+    if (res && !res.headersSent) res.shouldKeepAlive = false;
+    if (!this.http2) return;
+    const parser = httpParser(socket) as ParserWithIncoming | null;
+    const own = parser?.onIncoming;
+    if (!parser || typeof own !== 'function' || this.fallbackClosing.has(socket)) return;
+    const closing: OnIncoming = (req) => own(req, false);
+    this.fallbackClosing.set(socket, { parser, own, closing });
+    parser.onIncoming = closing;
   }
 
   /** watch: one 'finish' listener per response, whatever asks for it how often. */
@@ -240,11 +266,16 @@ export class HttpAdapter implements ServerAdapter {
 
   private forget(socket: net.Socket): void {
     this.sockets.delete(socket);
+    this.fallbackClosing.delete(socket);
     const entry = this.draining.get(socket);
     this.draining.delete(socket);
     entry?.readingOn?.();
   }
 }
+
+/** The server's per-connection request callback on a parser (lib/_http_server.js parserOnIncoming, bound). */
+type OnIncoming = (req: http.IncomingMessage, keepAlive: boolean) => unknown;
+type ParserWithIncoming = HttpParser & { onIncoming?: OnIncoming | null };
 
 /** Request bytes parsed, over all connections, between two looks at the control sockets. */
 const SERVICE_EVERY = 64 * 1024;
