@@ -1,0 +1,93 @@
+// https keep-alive through upgrades: a TLS connection cannot move, so the retiring process answers
+// each connection's next request with `Connection: close` and leaves idle ones to the server's own
+// keep-alive timeout. It never closes a connection a request may be arriving on: 16 keep-alive
+// clients hammering through 3 upgrades see no reset and no failed request (Node's https.Agent and
+// undici).
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as https from 'node:https';
+import { Agent as UndiciAgent, request as undiciRequest } from 'undici';
+import { Tally, retirements, startExample, tlsCa, upgradeTimes } from './tls-upgrades.mjs';
+
+const CLIENTS = 16;
+const UPGRADES = 3;
+let server;
+afterEach(async () => {
+  await server?.group.cleanup();
+  if (server) fs.rmSync(server.base, { recursive: true, force: true });
+});
+
+function httpsGet(port, agent) {
+  return new Promise((resolve, reject) => {
+    const req = https.get({ host: '127.0.0.1', port, path: '/', agent, ca: tlsCa }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode, pid: Number(res.headers['x-pid']) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
+}
+
+/** hammer runs `clients` loops of back-to-back requests until stop(); returns the tally and the pids that answered. */
+function hammer(clients, send) {
+  const tally = new Tally();
+  const pids = new Set();
+  let stopped = false;
+  const loops = Array.from({ length: clients }, async (_, i) => {
+    while (!stopped) {
+      try {
+        const { status, pid } = await send(i);
+        tally.add(status === 200 ? 'ok' : `status ${status}`);
+        pids.add(pid);
+      } catch (err) {
+        tally.add(err.code ?? err.message);
+      }
+    }
+  });
+  return {
+    tally,
+    pids,
+    stop: async () => {
+      stopped = true;
+      await Promise.all(loops);
+    },
+  };
+}
+
+async function throughUpgrades(send) {
+  server = await startExample('https-server.mjs');
+  const load = hammer(CLIENTS, send);
+  const pids = await upgradeTimes(server.group, 'https-server', server.pid, UPGRADES);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  await load.stop();
+  console.log(`${load.tally}; answered by ${[...load.pids].join(' ')}`);
+  assert.deepEqual(load.tally.failures(), [], `failed requests: ${load.tally}`);
+  assert.ok(load.tally.get('ok') > 100, `${load.tally}`);
+  // Every generation served, and every predecessor ended with nothing cut.
+  for (const pid of pids) assert.ok(load.pids.has(pid), `pid ${pid} never answered`);
+  const reports = retirements(server.group, 'https-server');
+  for (const pid of pids.slice(0, -1)) assert.equal(reports.get(pid)?.remaining, 0, `pid ${pid}: ${JSON.stringify(reports.get(pid))}`);
+}
+
+test(`https.Agent keep-alive, ${CLIENTS} clients, ${UPGRADES} upgrades: no reset, no failed request`, { timeout: 60_000 }, async () => {
+  const agents = Array.from({ length: CLIENTS }, () => new https.Agent({ keepAlive: true, maxSockets: 1 }));
+  try {
+    await throughUpgrades((i) => httpsGet(server.port, agents[i]));
+  } finally {
+    for (const agent of agents) agent.destroy();
+  }
+});
+
+test(`undici keep-alive, ${CLIENTS} clients, ${UPGRADES} upgrades: no reset, no failed request`, { timeout: 60_000 }, async () => {
+  const dispatchers = Array.from({ length: CLIENTS }, () => new UndiciAgent({ connections: 1, connect: { ca: tlsCa } }));
+  try {
+    await throughUpgrades(async (i) => {
+      const res = await undiciRequest(`https://127.0.0.1:${server.port}/`, { dispatcher: dispatchers[i] });
+      await res.body.dump();
+      return { status: res.statusCode, pid: Number(res.headers['x-pid']) };
+    });
+  } finally {
+    await Promise.all(dispatchers.map((d) => d.close()));
+  }
+});
