@@ -13,6 +13,7 @@ import { freezeReading } from '../runtime';
 import { httpConnectionsList, httpMessage, httpParser, kOnExecute, parserCallback, setParserCallback, type HttpParser } from '../runtime-http';
 import { registerAdapter, serviceControl, type MoveConnection, type ServerAdapter } from './adapter';
 import { instrumentParser, readToBoundary, type Draining } from './http-boundary';
+import { Http2Sessions, type Http2SessionLike } from './http2-sessions';
 
 const debug = createDebug('handover:http');
 
@@ -32,7 +33,7 @@ export class HttpAdapter implements ServerAdapter {
   private move: MoveConnection | undefined;
   private readonly server: http.Server;
   private readonly sockets = new Set<net.Socket>();
-  private readonly sessions = new Set<{ close(): void; closed?: boolean; destroyed?: boolean }>();
+  private readonly sessions: Http2Sessions | undefined;
   /** Adopted connections and how many bytes they had read when adopted idle (none since: still idle). */
   private readonly adoptedIdle = new WeakMap<net.Socket, number>();
   private readonly draining = new Map<net.Socket, Draining>();
@@ -70,11 +71,9 @@ export class HttpAdapter implements ServerAdapter {
       else if (this.retiring) this.closeAfterNextResponse(socket);
     });
     if (options.http2) {
-      server.on('session', (session: { close(): void; once(event: 'close', fn: () => void): void }) => {
-        this.sessions.add(session);
-        session.once('close', () => this.sessions.delete(session));
-        if (this.retiring) session.close();
-      });
+      const sessions = new Http2Sessions();
+      this.sessions = sessions;
+      server.on('session', (session: Http2SessionLike) => sessions.follow(session));
     }
     // An HTTP/2 server gets no 'request' listener: the first one switches on Node's compatibility
     // layer for every stream (lib/internal/http2/core.js, setupCompat), which changes how a server
@@ -98,7 +97,7 @@ export class HttpAdapter implements ServerAdapter {
   retire(move: MoveConnection | undefined): void {
     this.retiring = true;
     this.move = move;
-    for (const session of this.sessions) session.close();
+    this.sessions?.retire();
     if (this.move && this.canMove) {
       // Everything idle now moves now, in the same batches as the other servers' connections
       // (retirement starts every adapter in one turn); the rest at their next message boundary.
@@ -117,6 +116,7 @@ export class HttpAdapter implements ServerAdapter {
   resume(): void {
     this.retiring = false;
     this.move = undefined;
+    this.sessions?.resume();
     for (const { parser, own, closing } of this.fallbackClosing.values()) {
       if (parser.onIncoming === closing) parser.onIncoming = own;
     }
