@@ -40,14 +40,19 @@ function normaliseHost(host: string): string {
 
 /**
  * listenerKey names a listener stably across generations: `tcp:HOST:PORT` (IPv6 hosts in brackets,
- * `*` for "all addresses" when no host is given), `unix:PATH`, or the user's own key.
+ * `*` for "all addresses" when no host is given), `udp:HOST:PORT` for a UDP socket, `unix:PATH`,
+ * or the user's own key.
  */
-export function listenerKey(target: ListenTarget): { key: string; kind: ListenerKind } {
+export function listenerKey(target: ListenTarget, transport: 'stream' | 'dgram' = 'stream'): { key: string; kind: ListenerKind } {
   if (target.key !== undefined) {
     if (typeof target.key !== 'string' || target.key.length === 0 || target.key.length > 1024) {
       throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.key must be a non-empty string of at most 1024 characters');
     }
+    if (transport === 'dgram') return { key: target.key, kind: 'udp' };
     return { key: target.key, kind: target.path !== undefined ? 'unix' : target.port !== undefined ? 'tcp' : 'named' };
+  }
+  if (transport === 'dgram' && target.path !== undefined) {
+    throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'a UDP socket listens on { port, host }, not on a path');
   }
   if (target.path !== undefined) {
     if (typeof target.path !== 'string' || target.path.length === 0) {
@@ -60,7 +65,7 @@ export function listenerKey(target: ListenTarget): { key: string; kind: Listener
     throw new HandoverError('ERR_HANDOVER_INVALID_ARG', `options.port must be an integer from 0 to 65535 (or give options.path), got ${String(port)}`);
   }
   const host = target.host === undefined || target.host === '' ? '*' : normaliseHost(target.host);
-  return { key: `tcp:${host}:${port}`, kind: 'tcp' };
+  return transport === 'dgram' ? { key: `udp:${host}:${port}`, kind: 'udp' } : { key: `tcp:${host}:${port}`, kind: 'tcp' };
 }
 
 /**
@@ -68,13 +73,14 @@ export function listenerKey(target: ListenTarget): { key: string; kind: Listener
  * path than its key says), or undefined when it fits. A predecessor that sends a socket under the
  * wrong key must not make this process serve the wrong port.
  */
-export function mismatch(listener: InheritedListener, target: ListenTarget): string | undefined {
+export function mismatch(listener: InheritedListener, target: ListenTarget, transport: 'stream' | 'dgram' = 'stream'): string | undefined {
   const { info } = listener;
+  if ((info.type === 'dgram') !== (transport === 'dgram')) return `${listener.key} is not a ${transport === 'dgram' ? 'UDP' : 'stream'} socket`;
   if (target.path !== undefined) {
     return info.family === 'unix' && info.path === target.path ? undefined : `${listener.key} is not a unix socket bound at ${target.path}`;
   }
   if (target.port === undefined) return undefined; // a named listener: whatever the application put under its name
-  if (info.family !== 'inet' && info.family !== 'inet6') return `${listener.key} is not a TCP socket`;
+  if (info.family !== 'inet' && info.family !== 'inet6') return `${listener.key} is not an IP socket`;
   if (target.port !== 0 && info.port !== target.port) return `${listener.key} is bound to port ${info.port}, not ${target.port}`;
   if (target.host !== undefined && target.host !== '' && info.address !== undefined && listenerKey({ host: info.address, port: 1 }).key !== listenerKey({ host: target.host, port: 1 }).key) {
     return `${listener.key} is bound to ${info.address}, not ${target.host}`;

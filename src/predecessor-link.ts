@@ -106,12 +106,14 @@ export class PredecessorLink {
       } catch {
         info = undefined;
       }
-      if (info === undefined || !info.listening || info.type !== 'stream') {
+      // A UDP socket does not listen; everything else must be a listening stream socket.
+      const fits = entry.kind === 'udp' ? info?.type === 'dgram' && (info.family === 'inet' || info.family === 'inet6') : info !== undefined && info.listening && info.type === 'stream';
+      if (!fits) {
         closeFds([fd]);
-        warnings.push(new HandoverError('ERR_HANDOVER_PROTOCOL', `the predecessor sent ${entry.key} but its fd is not a listening stream socket; ignored`));
+        warnings.push(new HandoverError('ERR_HANDOVER_PROTOCOL', `the predecessor sent ${entry.key} but its fd is not a ${entry.kind === 'udp' ? 'UDP' : 'listening stream'} socket; ignored`));
         continue;
       }
-      listeners.push({ key: entry.key, kind: entry.kind, fd, info });
+      listeners.push({ key: entry.key, kind: entry.kind, fd, info: info! });
     }
     debug('inherited %d listeners from pid %d', listeners.length, reply.pid);
     return { link: new PredecessorLink(session, reply.pid, peer.pid), listeners, warnings };

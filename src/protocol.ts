@@ -24,8 +24,8 @@ export const MessageType = {
 } as const;
 export type MessageTypeName = keyof typeof MessageType;
 
-/** What kind of listener a key names: tcp (inet/inet6), a unix socket path, or a user name. */
-export type ListenerKind = 'tcp' | 'unix' | 'named';
+/** What kind of listener a key names: tcp (inet/inet6), udp (a dgram socket), a unix socket path, or a user name. */
+export type ListenerKind = 'tcp' | 'udp' | 'unix' | 'named';
 
 export interface ListenerEntry {
   key: string;
@@ -159,7 +159,7 @@ export function decode(frame: Frame): Message {
       const entries: ListenerEntry[] = [];
       for (const entry of listeners) {
         if (!isObject(entry) || !isString(entry.key) || entry.key.length === 0) throw protocolError('LISTENERS: a listener has no key');
-        if (entry.kind !== 'tcp' && entry.kind !== 'unix' && entry.kind !== 'named') throw protocolError(`LISTENERS: unknown kind ${String(entry.kind)}`);
+        if (entry.kind !== 'tcp' && entry.kind !== 'udp' && entry.kind !== 'unix' && entry.kind !== 'named') throw protocolError(`LISTENERS: unknown kind ${String(entry.kind)}`);
         entries.push({ key: entry.key, kind: entry.kind });
       }
       if (new Set(entries.map((e) => e.key)).size !== entries.length) throw protocolError('LISTENERS: duplicate keys');

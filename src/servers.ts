@@ -1,11 +1,13 @@
 // The servers given to listen(): binding each to an inherited or a fresh socket, offering dups of
 // their listening fds to a successor, and stopping or resuming accepting during retirement.
+import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import type * as net from 'node:net';
 import createDebug from 'debug';
 import { binding, isNativeError } from './native';
 import { HandoverError } from './errors';
 import { closeFds, listenOnFd, listenWith, serverFd, stopAccepting, type InheritedListener, type ListenTarget } from './listeners';
+import { bindDatagram, datagramBound, datagramFd, pauseDatagrams, resumeDatagrams } from './datagram';
 import type { ListenerEntry, ListenerKind } from './protocol';
 import type { ServerAdapter } from './adapters/adapter';
 import type { AdoptHandler } from './connections';
@@ -13,7 +15,8 @@ import type { AdoptHandler } from './connections';
 const debug = createDebug('handover:servers');
 
 export interface ServerEntry {
-  readonly server: net.Server;
+  /** A stream server, or a UDP socket (nothing to accept: it is received on, see ./datagram.ts). */
+  readonly server: net.Server | dgram.Socket;
   readonly key: string;
   readonly kind: ListenerKind;
   readonly backlog: number | undefined;
@@ -44,7 +47,17 @@ export class ServerSet {
    * paths bound by us: libuv unlinks a path it bound when the server closes, which would pull it
    * from under the successor that inherits the socket).
    */
-  async bind(server: net.Server, target: ListenTarget, inherited: InheritedListener | undefined): Promise<void> {
+  async bind(server: net.Server | dgram.Socket, target: ListenTarget, inherited: InheritedListener | undefined): Promise<void> {
+    if (server instanceof dgram.Socket) {
+      if (inherited) debug('receive %s on inherited fd %d', inherited.key, inherited.fd);
+      try {
+        await bindDatagram(server, inherited ? { fd: inherited.fd } : { port: target.port ?? 0, ...(target.host ? { address: target.host } : {}) });
+      } catch (err) {
+        if (inherited) closeFds([inherited.fd]);
+        throw err;
+      }
+      return;
+    }
     if (inherited) {
       debug('listen %s on inherited fd %d', inherited.key, inherited.fd);
       await listenOnFdOrClose(server, inherited.fd, target.backlog);
@@ -68,7 +81,7 @@ export class ServerSet {
    * closed is not offered). The dups travel; the servers' own fds stay untouched whatever happens.
    */
   offer(): { listeners: ListenerEntry[]; fds: number[] } {
-    const dups = this.dupListening((entry) => entry.server.listening, 'duplicate');
+    const dups = this.dupListening((entry) => listening(entry.server), 'duplicate');
     return { listeners: dups.map(([entry]) => ({ key: entry.key, kind: entry.kind })), fds: dups.map(([, fd]) => fd) };
   }
 
@@ -78,10 +91,11 @@ export class ServerSet {
    */
   stopAccepting(): void {
     // Every dup first: if one fails (EMFILE), nothing has changed and READY can be refused.
-    const kept = this.dupListening((entry) => entry.keptFd === undefined && entry.server.listening, 'keep a copy of');
+    const kept = this.dupListening((entry) => entry.keptFd === undefined && listening(entry.server), 'keep a copy of');
     for (const [entry, fd] of kept) {
       entry.keptFd = fd;
-      stopAccepting(entry.server);
+      if (entry.server instanceof dgram.Socket) pauseDatagrams(entry.server);
+      else stopAccepting(entry.server);
       debug('stopped accepting %s', entry.key);
     }
   }
@@ -92,7 +106,7 @@ export class ServerSet {
     const dups: [ServerEntry, number][] = [];
     try {
       for (const entry of this.entries.values()) {
-        if (which(entry)) dups.push([entry, native.dup(serverFd(entry.server))]);
+        if (which(entry)) dups.push([entry, native.dup(entry.server instanceof dgram.Socket ? datagramFd(entry.server) : serverFd(entry.server))]);
       }
     } catch (err) {
       closeFds(dups.map(([, fd]) => fd));
@@ -107,6 +121,12 @@ export class ServerSet {
       const fd = entry.keptFd;
       if (fd === undefined) continue;
       delete entry.keptFd;
+      if (entry.server instanceof dgram.Socket) {
+        // Never closed, only paused: the socket's own fd receives again; the dup goes.
+        closeFds([fd]);
+        if (!resumeDatagrams(entry.server)) report(new HandoverError('ERR_HANDOVER_INVALID_STATE', `rollback: cannot receive again on ${entry.key} (this Node hides the UDP handle: it was closed)`));
+        continue;
+      }
       listenOnFd(entry.server, fd, entry.backlog).catch((err: Error) => {
         closeFds([fd]);
         report(new HandoverError('ERR_HANDOVER_INVALID_STATE', `rollback: cannot accept again on ${entry.key}: ${err.message}`, { cause: err }));
@@ -125,9 +145,16 @@ export class ServerSet {
   /** closeListeners stops every server accepting, keeping nothing (a successor that gives up after READY). */
   closeListeners(): void {
     for (const entry of this.entries.values()) {
-      if (entry.server.listening) stopAccepting(entry.server);
+      if (entry.server instanceof dgram.Socket) {
+        if (datagramBound(entry.server)) entry.server.close();
+      } else if (entry.server.listening) stopAccepting(entry.server);
     }
   }
+}
+
+/** listening: a server accepts, or a UDP socket is bound and not closed. */
+function listening(server: net.Server | dgram.Socket): boolean {
+  return server instanceof dgram.Socket ? datagramBound(server) : server.listening;
 }
 
 async function listenOnFdOrClose(server: net.Server, fd: number, backlog: number | undefined): Promise<void> {

@@ -1,6 +1,7 @@
 // The upgrader: the public front of one generation. It validates options, owns the one state
 // value (src/lifecycle.ts) and wires the parts: the predecessor link (this process as successor),
 // successor links and the spawner (as predecessor), retirement, servers and connection counting.
+import * as dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import createDebug from 'debug';
@@ -117,29 +118,36 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
    * listen binds `server` to the inherited socket of the same key, or to a fresh one, and resolves
    * once it listens. Works for net, http, https and http2 servers, TCP and unix paths.
    */
-  async listen(server: net.Server, target: ListenTarget, options: ListenOptions = {}): Promise<void> {
-    if (!(server instanceof net.Server)) {
-      throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'listen() needs a net.Server (http, https and http2 servers are net.Servers)');
+  async listen(server: net.Server | dgram.Socket, target: ListenTarget, options: ListenOptions = {}): Promise<void> {
+    const datagram = server instanceof dgram.Socket;
+    if (!(server instanceof net.Server) && !datagram) {
+      throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'listen() needs a net.Server (http, https and http2 servers are net.Servers) or a dgram.Socket');
     }
+    if (datagram && options.adopt !== undefined) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.adopt: a UDP socket has no connections to adopt');
     if (typeof target !== 'object' || target === null) {
       throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'listen() needs a target: { port, host } or { path }');
     }
     if (options.adopt !== undefined && typeof options.adopt !== 'function') throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.adopt must be a function');
-    const { key, kind } = listenerKey(target);
+    const transport = datagram ? 'dgram' : 'stream';
+    const { key, kind } = listenerKey(target, transport);
     await this.started;
     if (this.state !== 'starting' && this.state !== 'serving') {
       throw new HandoverError('ERR_HANDOVER_INVALID_STATE', `listen() is not possible while ${this.state}`);
     }
     if (this.servers.has(key)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', `a server already listens on ${key}`);
-    let inherited = this.inherited.get(key) ?? this.inheritedByAddress(target);
+    let inherited = this.inherited.get(key) ?? this.inheritedByAddress(target, transport);
     if (inherited) this.inherited.delete(inherited.key);
-    const wrong = inherited && mismatch(inherited, target);
+    const wrong = inherited && (mismatch(inherited, target, transport) ?? (datagram && wrongFamily(server, inherited)));
     if (inherited && wrong) {
       closeFds([inherited.fd]);
       this.warn(new HandoverError('ERR_HANDOVER_PROTOCOL', `the predecessor sent ${wrong}; binding afresh`));
       inherited = undefined;
     }
     await this.servers.bind(server, target, inherited);
+    if (server instanceof dgram.Socket) {
+      this.servers.add({ server, key, kind, backlog: undefined, adapter: undefined, adopt: undefined });
+      return;
+    }
     this.servers.add({ server, key, kind, backlog: target.backlog, adapter: adapterFor(server), adopt: options.adopt });
     server.on('connection', (socket: net.Socket) => this.tracker.track(socket, key));
   }
@@ -148,12 +156,12 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
    * inheritedByAddress finds an inherited TCP listener bound to exactly this host and port when
    * the keys differ (the predecessor asked for port 0, or spelled the host another way).
    */
-  private inheritedByAddress(target: ListenTarget): InheritedListener | undefined {
+  private inheritedByAddress(target: ListenTarget, transport: 'stream' | 'dgram'): InheritedListener | undefined {
     if (target.key !== undefined || target.path !== undefined || !target.port || !target.host) return undefined;
-    const wanted = listenerKey({ host: target.host, port: target.port }).key;
+    const wanted = listenerKey({ host: target.host, port: target.port }, transport).key;
     for (const listener of this.inherited.values()) {
       const { family, address, port } = listener.info;
-      if ((family === 'inet' || family === 'inet6') && address !== undefined && port === target.port && listenerKey({ host: address, port }).key === wanted) return listener;
+      if ((family === 'inet' || family === 'inet6') && address !== undefined && port === target.port && listenerKey({ host: address, port }, listener.info.type === 'dgram' ? 'dgram' : 'stream').key === wanted) return listener;
     }
     return undefined;
   }
@@ -221,7 +229,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     const adopter = new ConnectionAdopter(predecessor.session, {
       serverFor: (key) => {
         const entry = this.servers.get(key);
-        if (!entry) return undefined;
+        if (!entry || entry.server instanceof dgram.Socket) return undefined;
         const adapter = entry.adapter;
         return { server: entry.server, adopt: entry.adopt, ...(adapter?.afterAdopt ? { afterAdopt: (socket: net.Socket) => adapter.afterAdopt!(socket) } : {}) };
       },
@@ -298,6 +306,12 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     debug('warning: %s', err.message);
     this.emit('warning', err);
   }
+}
+
+/** wrongFamily: an inherited UDP socket of the other IP family than the dgram.Socket (udp4 / udp6) given to listen(). */
+function wrongFamily(socket: dgram.Socket, inherited: InheritedListener): string | undefined {
+  const family = (socket as unknown as { type?: string }).type === 'udp6' ? 'inet6' : 'inet';
+  return inherited.info.family === family ? undefined : `${inherited.key} is an ${inherited.info.family} socket, not ${family}`;
 }
 
 /** createUpgrader creates the upgrader of this process and looks for a predecessor in `options.dir`. */
