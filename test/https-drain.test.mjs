@@ -2,12 +2,14 @@
 // each connection's next request with `Connection: close` and leaves idle ones to the server's own
 // keep-alive timeout. It never closes a connection a request may be arriving on: 16 keep-alive
 // clients hammering through 3 upgrades see no reset and no failed request (Node's https.Agent and
-// undici).
+// undici; and HTTP/1.1 clients of an HTTP/2 server with allowHTTP1).
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as https from 'node:https';
+import * as path from 'node:path';
 import { Agent as UndiciAgent, request as undiciRequest } from 'undici';
+import { ProcessGroup, fixtures, tmpDir } from './helpers.mjs';
 import { Tally, retirements, startExample, tlsCa, upgradeTimes } from './tls-upgrades.mjs';
 
 const CLIENTS = 16;
@@ -90,4 +92,33 @@ test(`undici keep-alive, ${CLIENTS} clients, ${UPGRADES} upgrades: no reset, no 
   } finally {
     await Promise.all(dispatchers.map((d) => d.close()));
   }
+});
+
+test(`an HTTP/2 server's HTTP/1.1 fallback (allowHTTP1), ${CLIENTS} https.Agent keep-alive clients, 2 upgrades: no failed request`, { timeout: 60_000 }, async () => {
+  const group = new ProcessGroup();
+  server = { group, base: tmpDir() };
+  group.start([path.join(fixtures, 'tls-server.mjs')], { env: { HANDOVER_DIR: path.join(server.base, 'ctl'), KIND: 'http2-allow-http1' } });
+  const [, firstPid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
+  server.port = Number(port);
+  const agents = Array.from({ length: CLIENTS }, () => new https.Agent({ keepAlive: true, maxSockets: 1 }));
+  const load = hammer(CLIENTS, (i) => httpsGet(server.port, agents[i]));
+  try {
+    let current = Number(firstPid);
+    for (let i = 0; i < 2; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const since = group.lines.length;
+      process.kill(current, 'SIGHUP');
+      const [, next] = await group.waitForLine(/^ready pid=(\d+)/, { since });
+      // The predecessor retires once each fallback connection closed after its next response.
+      await group.waitForLine(/^retired closed=\d+ moved=0 remaining=0/, { since });
+      current = Number(next);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  } finally {
+    await load.stop();
+    for (const agent of agents) agent.destroy();
+  }
+  console.log(`${load.tally}; answered by ${[...load.pids].join(' ')}`);
+  assert.deepEqual(load.tally.failures(), [], `failed requests: ${load.tally}`);
+  assert.equal(load.pids.size, 3);
 });
