@@ -115,9 +115,12 @@ export function bytesToNextStep(receiver: ReceiverInternals): number {
   }
 }
 
-/** unparsedBytes: a copy of what the receiver holds but has not parsed (the receiver keeps its own). */
-export function unparsedBytes(receiver: ReceiverInternals): Buffer {
-  return Buffer.concat(receiver._buffers);
+/** takeUnparsedBytes: what the receiver holds but has not parsed (at a boundary: at most the next frame's first byte), taken out of it. */
+export function takeUnparsedBytes(receiver: ReceiverInternals): Buffer {
+  const bytes = Buffer.concat(receiver._buffers);
+  receiver._buffers = [];
+  receiver._bufferedBytes = 0;
+  return bytes;
 }
 
 /** senderIdle: no frame half-sent, no message half-sent (fragments), nothing deflating or queued. */

@@ -1,13 +1,14 @@
 // handover/ws: the WebSocket connections of a `ws` WebSocketServer move to the successor between
 // two frames, with the bytes their receiver has not parsed yet and the state the application
 // attaches; the successor builds a WebSocket on each adopted socket with the negotiated subprotocol
-// and compression, and emits it as 'connection'. The ws internals it reads: ./ws-runtime.ts.
+// and compression, and emits it as 'connection'. Built on the protocol-author contract
+// (./net.ts: prepareMove now/later/never, resume, drain, moved; adopt), as any user's adapter
+// would be. The ws internals it reads are in ./ws-runtime.ts.
 import type * as http from 'node:http';
 import type * as net from 'node:net';
 import createDebug from 'debug';
 import type { WebSocket, WebSocketServer } from 'ws';
-import type { Upgrader } from '../upgrader';
-import type { AdoptedConnection } from '../connections';
+import type { AdoptedProtocolConnection, MoveAnswer, ProtocolAdapter } from './net';
 import {
   buildWebSocket,
   bytesToNextStep,
@@ -18,92 +19,273 @@ import {
   letGo,
   receiverAtBoundary,
   senderIdle,
-  unparsedBytes,
+  takeUnparsedBytes,
   wsProblems,
   wsSocketListener,
   type NegotiatedWebSocket,
+  type ReceiverInternals,
 } from './ws-runtime';
 
 const debug = createDebug('handover:ws');
 
-/** Close code 1012 (Service Restart): a WebSocket whose state cannot move is closed with it, never left to 1006. */
+/** Close code 1012 (Service Restart): a WebSocket that cannot move is closed with it, never left to a 1006. */
 export const SERVICE_RESTART = 1012;
 
-/** How often a connection whose sender is in the middle of a message looks again (only while retiring). */
+/** How often a connection whose sender is in the middle of a message looks again (only while it waits to move). */
 const SENDER_RECHECK_MS = 2;
 
-export interface WebSocketHandoverOptions {
-  /** The http.Server the upgrade requests come through. Default: the WebSocketServer's `server` option (required with `noServer`). */
-  server?: http.Server;
+export interface WebSocketAdapterOptions {
+  /** The HTTP server the upgrades come through, for a WebSocketServer with `noServer` (default: its `server` option). */
+  server?: net.Server;
   /**
    * Predecessor: `ws` is at a frame boundary and moves now. Stop everything that sends on it by
    * itself (timers, subscriptions) and return the state the successor needs to continue it (small,
-   * JSON). Sends made on `ws` from here on are forwarded, in order, to the successor.
+   * JSON); the successor's 'connection' receives it as its third argument.
    */
   onMove?(ws: WebSocket): unknown;
-  /** Predecessor: the move failed (the successor died or refused it) and `ws` is served here again: restart what onMove stopped. */
+  /** Predecessor: the move failed (the successor died or refused it): `ws` is served here again; restart what onMove stopped. */
   onStay?(ws: WebSocket): void;
   /**
    * Predecessor: resolves once this process will send no more on a moved `ws` (replies still being
-   * computed when it moved). Until then sends are forwarded; then this process lets go of it.
-   * Default: it lets go right after the move.
+   * computed when it moved). Until then its sends are forwarded to the client through the
+   * successor, in order; then it reads as CLOSED. Default: none; a moved `ws` is CLOSED here at
+   * once and sends on it fail as on a closed WebSocket.
    */
-  whenIdle?(ws: WebSocket): Promise<void> | void;
+  whenIdle?(ws: WebSocket): PromiseLike<unknown> | void;
 }
 
-/** The state a moved WebSocket carries (the successor's adopt tells its connections from plain HTTP ones by it). */
+/** The state a moved WebSocket carries; the successor tells its WebSockets from plain HTTP connections by it. */
 interface MovedState {
   ws: NegotiatedWebSocket;
-  app: unknown;
+  app?: unknown;
 }
 
 function isMovedState(state: unknown): state is MovedState {
-  return typeof state === 'object' && state !== null && typeof (state as MovedState).ws === 'object' && (state as MovedState).ws !== null && typeof (state as MovedState).ws.protocol === 'string';
+  const ws = (state as Partial<MovedState> | null | undefined)?.ws;
+  return typeof ws === 'object' && ws !== null && typeof ws.protocol === 'string' && typeof ws.url === 'string';
 }
 
+type Listener = (...args: unknown[]) => void;
+const WS_SOCKET_EVENTS = ['close', 'data', 'end', 'error'] as const;
+
+/** A WebSocket being fed by hand to its next frame boundary (its socket's bytes go through `queue`). */
+interface ReadingOn {
+  socketOnData: Listener;
+  queue: Buffer;
+  busy: boolean;
+  /** At a boundary with the sender idle: the next prepareMove() moves it. */
+  ready: boolean;
+  stop(): void;
+}
+
+function noop(): void {}
+
 /**
- * WebSocketHandover moves the open WebSockets of one WebSocketServer at retirement, and adopts the
- * ones a predecessor moves here. Create it in every generation with handoverWebSockets().
+ * WebSocketAdapter: the ProtocolAdapter of an http.Server's WebSockets. Plain HTTP connections are
+ * answered `later` and left to the built-in HTTP adapter; one that becomes a WebSocket during the
+ * retirement is asked about again.
  */
-export class WebSocketHandover {
+export class WebSocketAdapter implements ProtocolAdapter<unknown> {
+  private readonly bySocket = new WeakMap<net.Socket, WebSocket>();
   private readonly upgrades = new WeakMap<WebSocket, { url: string; headers: http.IncomingHttpHeaders }>();
-  private readonly open = new Set<WebSocket>();
-  private retiring = false;
-  readonly server: http.Server | undefined;
+  private readonly askAgainFor = new WeakMap<net.Socket, () => void>();
+  private readonly readingOn = new Map<net.Socket, ReadingOn>();
+  /** ws's own socket listeners while the socket travels (put back if it stays). */
+  private readonly detached = new WeakMap<net.Socket, Map<string, Listener>>();
+  /** What whenIdle() answered for a WebSocket on its way: its sends are late writes until it settles. */
+  private readonly lateWrites = new WeakMap<WebSocket, PromiseLike<unknown>>();
+  /** The WebSockets this process holds (not moved). */
+  readonly open = new Set<WebSocket>();
 
   constructor(
-    private readonly upgrader: Upgrader,
     private readonly wss: WebSocketServer,
-    private readonly options: WebSocketHandoverOptions = {},
+    private readonly options: WebSocketAdapterOptions = {},
   ) {
-    this.server = options.server ?? (wss.options.server as http.Server | undefined) ?? undefined;
     wss.prependListener('connection', (ws: WebSocket, request: http.IncomingMessage) => {
+      const socket = internals(ws)._socket;
+      if (!socket) return;
+      this.bySocket.set(socket, ws);
       this.upgrades.set(ws, { url: request.url ?? '/', headers: request.headers });
       this.open.add(ws);
       ws.once('close', () => this.open.delete(ws));
-      if (this.retiring) setImmediate(() => this.retireOne(ws));
-    });
-    upgrader.on('retiring', () => this.retire());
-    upgrader.on('rollback', () => {
-      this.retiring = false;
+      // An HTTP connection asked about during the retirement just became a WebSocket: ask again,
+      // once the application's own 'connection' handler has set it up.
+      const askAgain = this.askAgainFor.get(socket);
+      if (askAgain) setImmediate(askAgain);
     });
   }
 
-  /** How many WebSockets this process holds (open, not moved). */
-  get size(): number {
-    return this.open.size;
+  /** The WebSocket on `socket`, if it is one of this server's. */
+  webSocketOf(socket: net.Socket): WebSocket | undefined {
+    return this.bySocket.get(socket);
+  }
+
+  prepareMove(socket: net.Socket, askAgain: () => void): MoveAnswer<unknown> {
+    this.askAgainFor.set(socket, askAgain);
+    const ws = this.bySocket.get(socket);
+    if (!ws) return { move: 'later' }; // plain HTTP (the built-in adapter's), or not upgraded yet
+    if (!isOpen(ws)) return { move: 'never', reason: 'the WebSocket is closing' };
+    const problems = wsProblems(ws);
+    if (problems.length > 0) return { move: 'never', reason: `this ws lacks ${problems.join(', ')}` };
+    if (!compressionCanMove(deflateParams(ws))) return { move: 'never', reason: 'permessage-deflate with context takeover: its compression context cannot move' };
+    const reading = this.readingOn.get(socket);
+    if (reading) {
+      if (!reading.ready) return { move: 'later' };
+      reading.stop();
+      return this.moveNow(ws, socket, reading.socketOnData, reading.queue);
+    }
+    const receiver = internals(ws)._receiver!;
+    if (receiverAtBoundary(receiver) && senderIdle(ws)) return this.moveNow(ws, socket, wsSocketListener(socket, 'data')!, Buffer.alloc(0));
+    this.readOn(ws, socket, receiver, askAgain);
+    return { move: 'later' };
+  }
+
+  /** moveNow: in the tick of the answer: the application's state, ws's listeners off the socket, the unparsed bytes out of the receiver. */
+  private moveNow(ws: WebSocket, socket: net.Socket, socketOnData: Listener, tail: Buffer): MoveAnswer<unknown> {
+    const app = this.options.onMove?.(ws); // a throw here is the contract's `never`; nothing changed yet
+    const listeners = new Map<string, Listener>([['data', socketOnData]]);
+    socket.removeListener('data', socketOnData);
+    for (const event of WS_SOCKET_EVENTS) {
+      const listener = wsSocketListener(socket, event);
+      if (!listener) continue;
+      listeners.set(event, listener);
+      socket.removeListener(event, listener);
+    }
+    socket.on('error', noop);
+    this.detached.set(socket, listeners);
+    const upgrade = this.upgrades.get(ws) ?? { url: '/', headers: {} };
+    const negotiated: NegotiatedWebSocket = { protocol: ws.protocol, deflate: deflateParams(ws), url: upgrade.url, headers: upgrade.headers };
+    const pending = Buffer.concat([takeUnparsedBytes(internals(ws)._receiver!), tail]);
+    const state: MovedState = app === undefined ? { ws: negotiated } : { ws: negotiated, app };
+    const idle = this.options.whenIdle?.(ws);
+    if (!idle) return { move: 'now', pending, state };
+    this.lateWrites.set(ws, idle);
+    return { move: 'now', pending, state, lateWrites: idle };
   }
 
   /**
-   * adopt: the successor's half, for `listen(server, target, { adopt })`. A moved WebSocket is
-   * rebuilt and emitted as 'connection' on the WebSocketServer with (ws, request, state); any
-   * other connection goes to the HTTP server as an accepted one would.
+   * readOn: bytes reach the receiver only through here, never past the end of the step of the frame
+   * it is in; once it is between two messages (and the sender too), it is asked about again.
    */
-  readonly adopt = (socket: net.Socket, connection: AdoptedConnection): void => {
+  private readOn(ws: WebSocket, socket: net.Socket, receiver: ReceiverInternals, askAgain: () => void): void {
+    const socketOnData = wsSocketListener(socket, 'data')!;
+    const reading: ReadingOn = { socketOnData, queue: Buffer.alloc(0), busy: false, ready: false, stop: () => stop() };
+    const stop = (): void => {
+      this.readingOn.delete(socket);
+      socket.removeListener('data', onData);
+      socket.removeListener('close', stop);
+    };
+    // It did not move at its boundary (the retirement is over): the receiver gets what was read, as before.
+    const giveBack = (): void => {
+      stop();
+      if (!isOpen(ws) || socket.destroyed) return;
+      if (reading.queue.length > 0) receiver.write(reading.queue);
+      socket.on('data', socketOnData);
+      if (!ws.isPaused) socket.resume();
+    };
+    const later = (then: () => void, timer: boolean): void => {
+      socket.pause();
+      reading.busy = true;
+      const go = (): void => {
+        reading.busy = false;
+        then();
+      };
+      if (timer) setTimeout(go, SENDER_RECHECK_MS);
+      else setImmediate(go);
+    };
+    const pump = (): void => {
+      if (reading.busy || !this.readingOn.has(socket)) return;
+      if (!isOpen(ws) || socket.destroyed) return giveBack();
+      if (receiverAtBoundary(receiver)) {
+        // A message being deflated or sent in fragments goes out whole first.
+        if (!senderIdle(ws)) return later(pump, true);
+        socket.pause();
+        reading.ready = true;
+        askAgain();
+        if (this.readingOn.has(socket)) giveBack(); // not taken: nobody asks any more
+        return;
+      }
+      const need = bytesToNextStep(receiver);
+      if (need === 0) return later(pump, false); // inflating, or a deferred event: it finishes first
+      if (reading.queue.length === 0) {
+        socket.resume();
+        return;
+      }
+      socket.pause();
+      const slice = reading.queue.subarray(0, need);
+      reading.queue = reading.queue.subarray(need);
+      reading.busy = true;
+      receiver.write(slice, (err) => {
+        reading.busy = false;
+        if (err) return giveBack();
+        pump();
+      });
+    };
+    const onData = (chunk: Buffer): void => {
+      reading.queue = reading.queue.length > 0 ? Buffer.concat([reading.queue, chunk]) : chunk;
+      pump();
+    };
+    this.readingOn.set(socket, reading);
+    debug('a WebSocket is mid-frame: reading on to its boundary');
+    socket.removeListener('data', socketOnData);
+    socket.on('data', onData);
+    socket.once('close', stop);
+    pump();
+  }
+
+  resume(socket: net.Socket, pending: Buffer): void {
+    const ws = this.bySocket.get(socket);
+    const listeners = this.detached.get(socket);
+    this.detached.delete(socket);
+    if (ws) this.lateWrites.delete(ws);
+    if (!ws || !listeners) {
+      // Not one of ours (a plain HTTP connection): the default.
+      if (pending.length > 0) socket.unshift(pending);
+      socket.resume();
+      return;
+    }
+    socket.removeListener('error', noop);
+    for (const [event, listener] of listeners) if (event !== 'data') socket.on(event, listener);
+    if (socket.destroyed) return;
+    // The receiver gets back what it handed over, then the socket's bytes.
+    if (pending.length > 0) internals(ws)._receiver!.write(pending);
+    socket.on('data', listeners.get('data')!);
+    this.options.onStay?.(ws);
+    if (!ws.isPaused) socket.resume();
+  }
+
+  drain(socket: net.Socket): void {
+    const ws = this.bySocket.get(socket);
+    // The close frame queues behind the messages being sent: they are written first.
+    if (ws && isOpen(ws)) {
+      debug('closing a WebSocket with 1012 (it cannot move)');
+      ws.close(SERVICE_RESTART, 'service restart');
+    }
+  }
+
+  moved(socket: net.Socket): void {
+    const ws = this.bySocket.get(socket);
+    this.detached.delete(socket);
+    if (!ws) return;
+    // This generation no longer holds it: its broadcasts (wss.clients) skip it from now on.
+    this.open.delete(ws);
+    (this.wss.clients as Set<WebSocket> | undefined)?.delete(ws);
+    // Until whenIdle settles, its sends are late writes; then it reads as CLOSED here.
+    const idle = this.lateWrites.get(ws);
+    this.lateWrites.delete(ws);
+    if (idle) idle.then(() => letGo(ws), () => letGo(ws));
+    else letGo(ws);
+  }
+
+  /**
+   * adopt (successor): a moved WebSocket is rebuilt on its socket and emitted as 'connection' on
+   * the WebSocketServer with (ws, request, state); any other connection goes to the HTTP server.
+   */
+  adopt(socket: net.Socket, connection: AdoptedProtocolConnection<unknown>): void {
     const state = connection.state;
     if (!isMovedState(state)) {
       if (connection.pending.length > 0) socket.unshift(connection.pending);
-      this.server?.emit('connection', socket);
+      (this.options.server ?? (this.wss.options.server as net.Server | undefined))?.emit('connection', socket);
       socket.resume();
       return;
     }
@@ -111,186 +293,18 @@ export class WebSocketHandover {
     debug('adopted a WebSocket (%s, %s)', state.ws.url, state.ws.deflate ? 'compressed' : 'uncompressed');
     this.wss.emit('connection', ws, request, state.app);
     socket.resume();
-  };
-
-  /** retire: every open WebSocket moves at its next frame boundary, or is closed with 1012 if it cannot move. */
-  private retire(): void {
-    this.retiring = true;
-    for (const ws of [...this.open]) this.retireOne(ws);
-  }
-
-  private retireOne(ws: WebSocket): void {
-    if (!this.retiring || !this.open.has(ws) || !isOpen(ws)) return; // closing: it ends by itself
-    const problems = wsProblems(ws);
-    if (problems.length > 0) {
-      debug('cannot move a WebSocket (this ws lacks %s); closing it with 1012', problems.join(', '));
-      this.closeForRestart(ws);
-      return;
-    }
-    if (!compressionCanMove(deflateParams(ws))) {
-      this.closeForRestart(ws);
-      return;
-    }
-    this.toBoundary(ws);
-  }
-
-  /** closeForRestart: 1012 after the messages already being sent (the close frame queues behind them). */
-  private closeForRestart(ws: WebSocket): void {
-    debug('closing a WebSocket with 1012 (its state cannot move)');
-    ws.close(SERVICE_RESTART, 'service restart');
-  }
-
-  /**
-   * toBoundary: bytes reach the receiver only through here, never past the end of the frame it
-   * is in; once it is between two messages (and the sender too), the connection moves with what
-   * was read beyond.
-   */
-  private toBoundary(ws: WebSocket): void {
-    const own = internals(ws);
-    const socket = own._socket!;
-    const receiver = own._receiver!;
-    const socketOnData = wsSocketListener(socket, 'data')!;
-    socket.removeListener('data', socketOnData);
-    let queue: Buffer = Buffer.alloc(0);
-    let busy = false;
-    let done = false;
-    const finish = (): void => {
-      done = true;
-      socket.removeListener('data', onData);
-      socket.removeListener('close', giveBack);
-    };
-    // Not moving after all (closing, an error): the receiver gets what was read, as before.
-    const giveBack = (): void => {
-      if (done) return;
-      finish();
-      if (!isOpen(ws) || socket.destroyed) return;
-      if (queue.length > 0) receiver.write(queue);
-      socket.on('data', socketOnData);
-      if (!ws.isPaused) socket.resume();
-    };
-    const pump = (): void => {
-      if (done || busy) return;
-      if (!this.retiring || !isOpen(ws) || socket.destroyed) return giveBack();
-      if (receiverAtBoundary(receiver)) {
-        socket.pause();
-        if (!senderIdle(ws)) {
-          // A message is being deflated or sent in fragments: it goes out whole first.
-          busy = true;
-          setTimeout(() => {
-            busy = false;
-            pump();
-          }, SENDER_RECHECK_MS);
-          return;
-        }
-        finish();
-        this.move(ws, socketOnData, queue);
-        return;
-      }
-      const need = bytesToNextStep(receiver);
-      if (need === 0) {
-        // Inflating or emitting: the receiver finishes what it has first.
-        socket.pause();
-        busy = true;
-        setImmediate(() => {
-          busy = false;
-          pump();
-        });
-        return;
-      }
-      if (queue.length === 0) {
-        socket.resume();
-        return;
-      }
-      socket.pause();
-      const slice = queue.subarray(0, need);
-      queue = queue.subarray(need);
-      busy = true;
-      receiver.write(slice, (err) => {
-        busy = false;
-        if (err) return giveBack();
-        pump();
-      });
-    };
-    const onData = (chunk: Buffer): void => {
-      queue = queue.length > 0 ? Buffer.concat([queue, chunk]) : chunk;
-      pump();
-    };
-    socket.on('data', onData);
-    socket.once('close', giveBack);
-    pump();
-  }
-
-  /** move: at a frame boundary, in one tick: the application's state, then the transfer. */
-  private move(ws: WebSocket, socketOnData: (...args: unknown[]) => void, tail: Buffer): void {
-    const own = internals(ws);
-    const socket = own._socket!;
-    const receiver = own._receiver!;
-    const upgrade = this.upgrades.get(ws) ?? { url: '/', headers: {} };
-    const negotiated: NegotiatedWebSocket = { protocol: ws.protocol, deflate: deflateParams(ws), url: upgrade.url, headers: upgrade.headers };
-    // The receiver keeps its own bytes: if the move fails it simply goes on from there.
-    const pending = Buffer.concat([unparsedBytes(receiver), tail]);
-    let app: unknown;
-    try {
-      app = this.options.onMove?.(ws);
-    } catch (err) {
-      debug('onMove threw (%s); the WebSocket stays', (err as Error).message);
-      this.stay(ws, socketOnData, tail);
-      return;
-    }
-    const state: MovedState = { ws: negotiated, app };
-    this.upgrader.transferConnection(socket, { pending, state, lateWrites: true }).then(
-      () => this.moved(ws),
-      (err: Error & { code?: string }) => {
-        debug('a WebSocket stays: %s', err.message);
-        this.stay(ws, socketOnData, tail);
-        this.options.onStay?.(ws);
-        // Refused while still retiring: it cannot stay open past this process's exit.
-        if (this.retiring && this.upgrader.state === 'retiring' && isOpen(ws)) this.closeForRestart(ws);
-      },
-    );
-  }
-
-  /** stay: the receiver gets the bytes read past its boundary, then the socket again. */
-  private stay(ws: WebSocket, socketOnData: (...args: unknown[]) => void, tail: Buffer): void {
-    const own = internals(ws);
-    const socket = own._socket;
-    if (!socket || socket.destroyed || !isOpen(ws)) return;
-    if (tail.length > 0) own._receiver!.write(tail);
-    socket.on('data', socketOnData);
-    if (!ws.isPaused) socket.resume();
-  }
-
-  /** moved: the successor owns it. This generation no longer holds it (broadcasts skip it); late sends are forwarded until whenIdle. */
-  private moved(ws: WebSocket): void {
-    this.open.delete(ws);
-    (this.wss.clients as Set<WebSocket> | undefined)?.delete(ws);
-    const socket = internals(ws)._socket!;
-    const release = (): void => {
-      letGo(ws);
-      // end(): late sends still queued go first; then the forwarder closes (nothing reaches the client).
-      if (socket.writableLength === 0) socket.destroy();
-      else socket.end();
-    };
-    let idle: Promise<void> | void;
-    try {
-      idle = this.options.whenIdle?.(ws);
-    } catch {
-      idle = undefined;
-    }
-    if (idle && typeof idle.then === 'function') idle.then(release, release);
-    else release();
   }
 }
 
 /**
- * handoverWebSockets makes the WebSockets of `wss` survive upgrades: create it in every generation
- * after createUpgrader(), and give its `adopt` to listen() for the HTTP server:
+ * webSocketAdapter: the ProtocolAdapter that moves the WebSockets of `wss` at upgrades. Give it to
+ * listen() for the HTTP server the WebSocketServer is attached to, in every generation:
  *
  *   const wss = new WebSocketServer({ server, path: '/ws' });
- *   const sockets = handoverWebSockets(upgrader, wss, { onMove: (ws) => ({ n: ws.n }) });
- *   await upgrader.listen(server, { port }, { adopt: sockets.adopt });
+ *   const protocol = webSocketAdapter(wss, { onMove: (ws) => ({ n: ws.n }) });
+ *   await upgrader.listen(server, { port }, { protocol });
  *   wss.on('connection', (ws, req, state) => { ws.n = state?.n ?? 0; });
  */
-export function handoverWebSockets(upgrader: Upgrader, wss: WebSocketServer, options?: WebSocketHandoverOptions): WebSocketHandover {
-  return new WebSocketHandover(upgrader, wss, options);
+export function webSocketAdapter(wss: WebSocketServer, options?: WebSocketAdapterOptions): WebSocketAdapter {
+  return new WebSocketAdapter(wss, options);
 }
