@@ -14,7 +14,7 @@ import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { WebSocketServer } from 'ws';
 import { createUpgrader } from 'handover';
-import { handoverWebSockets } from 'handover/ws';
+import { webSocketAdapter } from 'handover/ws';
 
 const { values } = parseArgs({
   options: {
@@ -48,7 +48,8 @@ const server = http.createServer((req, res) => {
 // A connection that negotiated context takeover is closed with 1012 (Service Restart) instead.
 const wss = new WebSocketServer({ server, path: '/ws' });
 
-const sockets = handoverWebSockets(upgrader, wss, {
+// How its WebSockets move (the library asks it at retirement; the successor adopts with it).
+const protocol = webSocketAdapter(wss, {
   // Predecessor: this WebSocket moves now. Stop what sends on it by itself; its state travels.
   onMove(ws) {
     clearInterval(ws.ticker);
@@ -123,9 +124,9 @@ upgrader.on('predecessorRetired', () => {
   for (const { text, except } of heldBack.splice(0)) broadcast(text, except);
 });
 
-// The HTTP server's connections that move here: WebSockets are rebuilt and emitted as
-// 'connection' with their state; plain HTTP ones go to the server as usual.
-await upgrader.listen(server, { port, host: values.host }, { adopt: sockets.adopt });
+// WebSockets move with `protocol` (rebuilt in the successor and emitted as 'connection' with their
+// state); the server's plain HTTP connections move as they would without it.
+await upgrader.listen(server, { port, host: values.host }, { protocol });
 
 process.on('SIGHUP', () => {
   upgrader.upgrade().then(
@@ -145,7 +146,7 @@ process.on('SIGTERM', async () => {
   process.exit(0);
 });
 
-upgrader.on('retiring', ({ successorPid }) => log(`retiring: moving ${sockets.size} WebSockets to pid ${successorPid}`));
+upgrader.on('retiring', ({ successorPid }) => log(`retiring: moving ${protocol.open.size} WebSockets to pid ${successorPid}`));
 upgrader.on('warning', (err) => log(`warning (${err.code}): ${err.message}`));
 upgrader.on('upgradeFailed', (err) => log(`upgrade failed (${err.code}): ${err.message}`));
 upgrader.on('rollback', ({ successorPid, reason }) => log(`successor ${successorPid} lost (${reason}); serving again`));
