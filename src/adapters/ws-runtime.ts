@@ -199,7 +199,8 @@ export function buildWebSocket(wss: WebSocketServer, socket: net.Socket, pending
   const own = internals(ws);
   own._protocol = negotiated.protocol;
   if (negotiated.deflate) {
-    const PerMessageDeflate = options.WebSocket.PerMessageDeflate;
+    // ws's CommonJS entry hangs it on WebSocket; its ESM entry does not: then the package's own.
+    const PerMessageDeflate = options.WebSocket.PerMessageDeflate ?? (require('ws') as { PerMessageDeflate?: NonNullable<ServerOptions['WebSocket']['PerMessageDeflate']> }).PerMessageDeflate;
     if (!PerMessageDeflate) throw new Error('this ws has no PerMessageDeflate to resume a compressed connection');
     const deflate = new PerMessageDeflate({ ...(options.perMessageDeflate || {}), isServer: true, maxPayload: options.maxPayload });
     // The parameters both ends accepted in the original handshake, not a new negotiation.

@@ -125,15 +125,16 @@ export class WebSocketAdapter implements ProtocolAdapter<unknown> {
     const ws = this.bySocket.get(socket);
     if (!ws) return { move: 'later' }; // plain HTTP (the built-in adapter's), or not upgraded yet
     if (!isOpen(ws)) return { move: 'never', reason: 'the WebSocket is closing' };
-    const problems = wsProblems(ws);
-    if (problems.length > 0) return { move: 'never', reason: `this ws lacks ${problems.join(', ')}` };
-    if (!compressionCanMove(deflateParams(ws))) return { move: 'never', reason: 'permessage-deflate with context takeover: its compression context cannot move' };
     const reading = this.readingOn.get(socket);
     if (reading) {
+      // Asked again while it is fed by hand: it moves once at its boundary.
       if (!reading.ready) return { move: 'later' };
       reading.stop();
       return this.moveNow(ws, socket, reading.socketOnData, reading.queue);
     }
+    const problems = wsProblems(ws);
+    if (problems.length > 0) return { move: 'never', reason: `this ws lacks ${problems.join(', ')}` };
+    if (!compressionCanMove(deflateParams(ws))) return { move: 'never', reason: 'permessage-deflate with context takeover: its compression context cannot move' };
     const receiver = internals(ws)._receiver!;
     if (receiverAtBoundary(receiver) && senderIdle(ws)) return this.moveNow(ws, socket, wsSocketListener(socket, 'data')!, Buffer.alloc(0));
     this.readOn(ws, socket, receiver, askAgain);
