@@ -3,7 +3,9 @@
 // a numbered message every 50 ms and check their echoes and ticks.
 //   npm run bench:ws                           # 500 clients, 20 upgrades (the issue's proof)
 //   node bench/ws-upgrades.mjs --clients 100 --upgrades 5     # what test/ws.test.mjs runs
-// Checked (exit code 1 and a list of problems otherwise): zero 'close' events; every echo received
+// Every 20 ms one client also sends `broadcast:b<k>`, which the example sends to every connection.
+// Checked (exit code 1 and a list of problems otherwise): zero 'close' events; every broadcast
+// received by every client exactly once, across the move windows too; every echo received
 // exactly once and in order, and all of them by the end; ticks consecutive on every connection; the
 // same TCP connections (local ports) at the end as at the start; after each upgrade, `pid` answered
 // by the new pid on every connection; every retirement moved every connection (0 closed, 0 left).
@@ -24,7 +26,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
  * wsUpgrades runs the example, the clients and the upgrades; resolves with the figures and the
  * problems found. Every process it started is killed (by pid) before it resolves.
  */
-export async function wsUpgrades({ clients: count = 500, upgrades = 20, dwellMs = 300, log = () => undefined } = {}) {
+export async function wsUpgrades({ clients: count = 500, upgrades = 20, dwellMs = 300, broadcastEveryMs = 20, log = () => undefined } = {}) {
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'handover-ws-bench-'));
   const pids = new Set();
   const readyLines = [];
@@ -63,6 +65,13 @@ export async function wsUpgrades({ clients: count = 500, upgrades = 20, dwellMs 
     clients = await openClients(`ws://127.0.0.1:${port}/ws`, count);
     const startPorts = clients.map((c) => c.localPort);
     for (const c of clients) c.start();
+    // Broadcasts from client to client, across every move window: each must reach every client once.
+    const broadcasts = [];
+    const broadcaster = setInterval(() => {
+      const id = `b${broadcasts.length + 1}`;
+      broadcasts.push(id);
+      clients[broadcasts.length % clients.length].ws.send(`broadcast:${id}`);
+    }, broadcastEveryMs);
     log(`${count} clients on pid ${pid}`);
     for (let i = 1; i <= upgrades; i++) {
       await sleep(dwellMs);
@@ -82,9 +91,12 @@ export async function wsUpgrades({ clients: count = 500, upgrades = 20, dwellMs 
       log(`upgrade ${i}: pid ${old} -> ${pid}, ${match[1]} moved`);
     }
     for (const c of clients) c.stop();
-    // The last echoes are on their way: every message sent gets exactly one.
-    await until(() => clients.every((c) => c.allEchoed || c.closes.length > 0), 10_000, 'the last echoes').catch((err) => problems.push(err.message.split('\n')[0]));
-    const result = summary(clients, startPorts);
+    clearInterval(broadcaster);
+    // The last echoes and broadcasts are on their way: every message sent gets exactly one.
+    const arrived = (c) => c.closes.length > 0 || (c.allEchoed && broadcasts.every((id) => c.broadcasts.has(id)));
+    await until(() => clients.every(arrived), 10_000, 'the last echoes and broadcasts').catch((err) => problems.push(err.message.split('\n')[0]));
+    const result = summary(clients, startPorts, broadcasts);
+    result.broadcasts = broadcasts.length;
     problems.push(...result.problems);
     for (const line of stderr.join('').split('\n')) if (/warning|failed|lost/.test(line) && problems.length < 40) problems.push(`logged: ${line}`);
     return { ...result, upgrades, pids: readyLines.map((r) => r.pid), retirements, problems };
@@ -110,7 +122,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
     dwellMs: Number(values['dwell-ms'] ?? 300),
     log: (line) => console.log(line),
   });
-  console.log(`${result.clients} clients, ${result.upgrades} upgrades in ${((Date.now() - started) / 1000).toFixed(1)} s: ${result.sent} messages sent, ${result.echoed} echoed, ${result.ticks} ticks, ${result.closes} closes`);
+  console.log(`${result.clients} clients, ${result.upgrades} upgrades in ${((Date.now() - started) / 1000).toFixed(1)} s: ${result.sent} messages sent, ${result.echoed} echoed, ${result.ticks} ticks, ${result.broadcasts} broadcasts to all, ${result.closes} closes`);
   if (result.problems.length > 0) {
     console.log(`FAILED:\n  ${result.problems.join('\n  ')}`);
     process.exit(1);

@@ -43,14 +43,17 @@ async function upgrade(group, pid) {
 
 const retiredLine = (group, pid) => new RegExp(`\\[\\S+ ${pid}\\] retired: (\\d+) connections moved, (\\d+) closed`).exec(group.stderr.join(''));
 
-test('100 ws clients through 5 upgrades: no close, every echo once and in order, ticks consecutive, same TCP connections, a new pid each time', async () => {
-  const result = await wsUpgrades({ clients: 100, upgrades: 5, dwellMs: 300 });
+// 300 clients: more than one CONN batch (253), so that while they move some are held by the old
+// process and some by the new one, and the example's broadcasts must reach each exactly once.
+test('300 ws clients through 5 upgrades: no close, every echo once and in order, ticks consecutive, every broadcast once, same TCP connections, a new pid each time', async () => {
+  const result = await wsUpgrades({ clients: 300, upgrades: 5, dwellMs: 300 });
   assert.deepEqual(result.problems, []);
   assert.equal(result.closes, 0);
   assert.equal(result.echoed, result.sent);
-  assert.ok(result.sent > 100 * 10, `${result.sent} messages sent`);
+  assert.ok(result.sent > 300 * 10, `${result.sent} messages sent`);
+  assert.ok(result.broadcasts > 50, `${result.broadcasts} broadcasts`);
   assert.equal(new Set(result.pids).size, 6);
-  for (const r of result.retirements) assert.deepEqual([r.moved, r.closed, r.left], [100, 0, 0]);
+  for (const r of result.retirements) assert.deepEqual([r.moved, r.closed, r.left], [300, 0, 0]);
 });
 
 // ---- a raw client, to cut frames where the test wants ----------------------------------------

@@ -15,6 +15,8 @@ export class WsClient {
     this.problems = [];
     this.closes = [];
     this.pidWaiters = [];
+    /** How many times each broadcast arrived (exactly once each, expected). */
+    this.broadcasts = new Map();
     this.localPort = undefined;
     this.ws.on('message', (data) => this.onMessage(data.toString()));
     this.ws.on('close', (code) => this.closes.push(code));
@@ -48,7 +50,11 @@ export class WsClient {
     } else if (kind === 'pid') {
       const pid = Number(text.slice(colon + 1));
       for (const waiter of this.pidWaiters.splice(0)) waiter(pid);
-    } else if (kind !== 'broadcast') {
+    } else if (kind === 'broadcast') {
+      const id = text.slice(colon + 1);
+      this.broadcasts.set(id, (this.broadcasts.get(id) ?? 0) + 1);
+      if (this.broadcasts.get(id) > 1) this.problem(`broadcast ${id} received twice`);
+    } else {
       this.problem(`unexpected message ${text.slice(0, 60)}`);
     }
   }
@@ -99,8 +105,8 @@ export async function openClients(url, count, options = {}, batch = 50) {
   return clients;
 }
 
-/** summary: the invariants over every client (empty `problems` when all hold). */
-export function summary(clients, startPorts) {
+/** summary: the invariants over every client (empty `problems` when all hold); `broadcasts`: the ids every client must have received once. */
+export function summary(clients, startPorts, broadcasts = []) {
   const problems = [];
   let closes = 0;
   let sent = 0;
@@ -116,6 +122,8 @@ export function summary(clients, startPorts) {
     for (const p of c.problems) if (problems.length < 20) problems.push(`client ${i}: ${p}`);
     if (c.closes.length > 0 && problems.length < 20) problems.push(`client ${i}: closed ${c.closes.join(',')}`);
     if (!c.allEchoed && problems.length < 20) problems.push(`client ${i}: ${c.sent} sent, ${c.echoed} echoed`);
+    const missed = broadcasts.filter((id) => c.broadcasts.get(id) !== 1);
+    if (missed.length > 0 && problems.length < 20) problems.push(`client ${i}: broadcasts not received exactly once: ${missed.slice(0, 5).join(', ')}`);
   });
   if (portChanged > 0) problems.push(`${portChanged} clients on another TCP connection`);
   return { clients: clients.length, closes, sent, echoed, ticks, problems };

@@ -132,6 +132,7 @@ export class WebSocketAdapter implements ProtocolAdapter<unknown> {
       reading.stop();
       return this.moveNow(ws, socket, reading.socketOnData, reading.queue);
     }
+    if ((socket as net.Socket & { encrypted?: boolean }).encrypted) return { move: 'never', reason: 'wss:// (TLS): its session cannot move' };
     const problems = wsProblems(ws);
     if (problems.length > 0) return { move: 'never', reason: `this ws lacks ${problems.join(', ')}` };
     if (!compressionCanMove(deflateParams(ws))) return { move: 'never', reason: 'permessage-deflate with context takeover: its compression context cannot move' };
