@@ -127,5 +127,5 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
     console.log(`FAILED:\n  ${result.problems.join('\n  ')}`);
     process.exit(1);
   }
-  console.log('ok: no close, every echo once and in order, ticks consecutive, same TCP connections, a new pid after each upgrade');
+  console.log('ok: no close, every echo once and in order, ticks consecutive, every broadcast once, same TCP connections, a new pid after each upgrade');
 }
