@@ -35,8 +35,6 @@ export const SERVICE_RESTART = 1012;
 const SENDER_RECHECK_MS = 2;
 
 export interface WebSocketAdapterOptions {
-  /** The HTTP server the upgrades come through, for a WebSocketServer with `noServer` (default: its `server` option). */
-  server?: net.Server;
   /**
    * Predecessor: `ws` is at a frame boundary and moves now. Stop everything that sends on it by
    * itself (timers, subscriptions) and return the state the successor needs to continue it (small,
@@ -286,8 +284,9 @@ export class WebSocketAdapter implements ProtocolAdapter<unknown> {
   adopt(socket: net.Socket, connection: AdoptedProtocolConnection<unknown>): void {
     const state = connection.state;
     if (!isMovedState(state)) {
+      // Not a WebSocket this adapter moved (the library routes only those here): the HTTP server's, if any.
       if (connection.pending.length > 0) socket.unshift(connection.pending);
-      (this.options.server ?? (this.wss.options.server as net.Server | undefined))?.emit('connection', socket);
+      (this.wss.options.server as net.Server | undefined)?.emit('connection', socket);
       socket.resume();
       return;
     }
