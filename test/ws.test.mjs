@@ -61,10 +61,20 @@ test('300 ws clients through 5 upgrades: no close, every echo once and in order,
 /** A client frame (masked, as RFC 6455 requires of clients). */
 function clientFrame(text, { fin = true, opcode = 1 } = {}) {
   const payload = Buffer.from(text);
-  assert.ok(payload.length < 126);
+  let header;
+  if (payload.length < 126) header = Buffer.from([(fin ? 0x80 : 0) | opcode, 0x80 | payload.length]);
+  else if (payload.length < 65536) {
+    header = Buffer.from([(fin ? 0x80 : 0) | opcode, 0x80 | 126, 0, 0]);
+    header.writeUInt16BE(payload.length, 2);
+  } else {
+    header = Buffer.alloc(10);
+    header[0] = (fin ? 0x80 : 0) | opcode;
+    header[1] = 0x80 | 127;
+    header.writeBigUInt64BE(BigInt(payload.length), 2);
+  }
   const mask = crypto.randomBytes(4);
   const masked = Buffer.from(payload.map((byte, i) => byte ^ mask[i % 4]));
-  return Buffer.concat([Buffer.from([(fin ? 0x80 : 0) | opcode, 0x80 | payload.length]), mask, masked]);
+  return Buffer.concat([header, mask, masked]);
 }
 
 /** RawWebSocket: the handshake by hand, then frames as the test cuts them; collects the server's text messages. */
@@ -103,6 +113,10 @@ class RawWebSocket {
           if (buf.length < 4) break;
           length = buf.readUInt16BE(2);
           offset = 4;
+        } else if (length === 127) {
+          if (buf.length < 10) break;
+          length = Number(buf.readBigUInt64BE(2));
+          offset = 10;
         }
         if (buf.length < offset + length) break;
         this.messages.push({ opcode: buf[0] & 0x0f, text: buf.subarray(offset, offset + length).toString() });
@@ -131,32 +145,39 @@ class RawWebSocket {
   }
 }
 
-test('a frame half-received at retirement: the old process reads on to its end and answers it, then the connection moves', async () => {
+test('frames half-received at retirement (cut in the payload, in a 64-bit length, a fragmented message): the old process reads on to their end and answers them, then they move; one header byte moves as pending', async () => {
   const { group, pid, port } = await start(example);
   const cut = await RawWebSocket.connect(port); // cut in its payload
   const fragmented = await RawWebSocket.connect(port); // a fragmented message, one fragment in
   const oneByte = await RawWebSocket.connect(port); // one byte of a frame: moves with it as pending
+  const large = await RawWebSocket.connect(port); // a 100 KB frame cut inside its 64-bit length
   const whole = clientFrame('half-frame');
+  const bigText = `big-${'x'.repeat(100_000)}`;
+  const big = clientFrame(bigText);
+  large.socket.write(big.subarray(0, 5));
   cut.socket.write(whole.subarray(0, 9));
   fragmented.socket.write(clientFrame('first-', { fin: false, opcode: 1 }));
   const next = clientFrame('one-byte');
   oneByte.socket.write(next.subarray(0, 1));
   await sleep(100);
   const successor = await upgrade(group, pid);
-  await waitUntil(() => retiredLine(group, pid) || oneByte.messages.length > 0, 10_000, 'the retirement to be under way');
+  // Retirement has begun: from here on the old process reads only up to the ends of those frames.
+  await waitUntil(() => group.stderr.join('').includes(`[ws-server ${pid}] retiring:`), 10_000, 'the retirement to begin');
   await sleep(300);
   // The old process is still retiring: it waits for the rest of the two messages it holds part of.
   assert.equal(retiredLine(group, pid), null, 'retired before the half-received frames completed');
   cut.socket.write(whole.subarray(9));
   fragmented.socket.write(clientFrame('second', { fin: true, opcode: 0 }));
   oneByte.socket.write(next.subarray(1));
+  large.socket.write(big.subarray(5));
+  assert.equal(await large.waitFor('echo:'), `echo:${pid}:${bigText}`);
   assert.equal(await cut.waitFor('echo:'), `echo:${pid}:half-frame`);
   assert.equal(await fragmented.waitFor('echo:'), `echo:${pid}:first-second`);
   // The one byte travelled as pending: the successor parsed the frame it begins.
   assert.equal(await oneByte.waitFor('echo:'), `echo:${successor}:one-byte`);
   await waitUntil(() => retiredLine(group, pid), 10_000, `pid ${pid} to retire`);
-  assert.deepEqual(retiredLine(group, pid).slice(1, 3), ['3', '0']);
-  for (const raw of [cut, fragmented, oneByte]) {
+  assert.deepEqual(retiredLine(group, pid).slice(1, 3), ['4', '0']);
+  for (const raw of [cut, fragmented, oneByte, large]) {
     const since = raw.messages.length;
     raw.socket.write(clientFrame('after'));
     assert.equal(await raw.waitFor('echo:', since), `echo:${successor}:after`);
