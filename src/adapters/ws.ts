@@ -31,6 +31,9 @@ const debug = createDebug('handover:ws');
 /** Close code 1012 (Service Restart): a WebSocket that cannot move is closed with it, never left to a 1006. */
 export const SERVICE_RESTART = 1012;
 
+/** The most the upgrade request's headers take in a moved WebSocket's state (JSON); larger ones stay behind. */
+const MAX_HEADERS_BYTES = 8 * 1024;
+
 /** How often a connection whose sender is in the middle of a message looks again (only while it waits to move). */
 const SENDER_RECHECK_MS = 2;
 
@@ -154,7 +157,9 @@ export class WebSocketAdapter implements ProtocolAdapter<unknown> {
     socket.on('error', noop);
     this.detached.set(socket, listeners);
     const upgrade = this.upgrades.get(ws) ?? { url: '/', headers: {} };
-    const negotiated: NegotiatedWebSocket = { protocol: ws.protocol, deflate: deflateParams(ws), url: upgrade.url, headers: upgrade.headers };
+    // The state travels in at most 16 KiB: the request headers go with it when they leave room for the rest.
+    const headers = JSON.stringify(upgrade.headers).length <= MAX_HEADERS_BYTES ? upgrade.headers : {};
+    const negotiated: NegotiatedWebSocket = { protocol: ws.protocol, deflate: deflateParams(ws), url: upgrade.url, headers };
     const pending = Buffer.concat([takeUnparsedBytes(internals(ws)._receiver!), tail]);
     const state: MovedState = app === undefined ? { ws: negotiated } : { ws: negotiated, app };
     const idle = this.options.whenIdle?.(ws);
