@@ -44,9 +44,9 @@ before(async () => {
 });
 
 test('npm pack ships dist/, the native sources, the linux-x64 prebuilt binary, README, LICENSE and docs: nothing else', () => {
-  const allowed = [/^dist\/[\w/-]+\.(js|d\.ts|js\.map)$/, /^native\/\w+\.(cc|h)$/, /^prebuilds\/linux-x64\/handover\.node$/, /^docs\/[\w-]+\.md$/, /^(binding\.gyp|package\.json|README\.md|LICENSE)$/];
+  const allowed = [/^dist\/[\w/-]+\.(js|d\.ts|js\.map)$/, /^native\/\w+\.(cc|h)$/, /^prebuilds\/linux-x64\/handover\.glibc\.node$/, /^docs\/[\w-]+\.md$/, /^(binding\.gyp|package\.json|README\.md|LICENSE)$/];
   assert.deepEqual(files.filter((file) => !allowed.some((pattern) => pattern.test(file))), []);
-  for (const needed of ['dist/index.js', 'dist/index.d.ts', 'dist/testing.js', 'native/fdpass.cc', 'native/fdpass.h', 'binding.gyp', 'prebuilds/linux-x64/handover.node', 'README.md', 'LICENSE', 'docs/api.md']) {
+  for (const needed of ['dist/index.js', 'dist/index.d.ts', 'dist/testing.js', 'native/fdpass.cc', 'native/fdpass.h', 'binding.gyp', 'prebuilds/linux-x64/handover.glibc.node', 'README.md', 'LICENSE', 'docs/api.md']) {
     assert.ok(files.includes(needed), `${needed} in the package`);
   }
   // Every source file has its compiled output; no source map points at a file left out.
@@ -90,7 +90,7 @@ test('the tarball installs offline with no compiler on the PATH, loads the prebu
   const installed = path.join(project, 'node_modules', 'handover');
   assert.equal(fs.existsSync(path.join(installed, 'build')), false, 'nothing was compiled');
   const { stdout: loaded } = await run(process.execPath, ['-e', `console.log(require('node-gyp-build').path(${JSON.stringify(installed)}))`], { cwd: project });
-  assert.equal(loaded.trim(), path.join(installed, 'prebuilds', 'linux-x64', 'handover.node'));
+  assert.equal(loaded.trim(), path.join(installed, 'prebuilds', 'linux-x64', 'handover.glibc.node'));
 
   // The example HTTP server, run from the project: it imports 'handover' from the installed package.
   fs.copyFileSync(path.join(root, 'examples', 'http-server.mjs'), path.join(project, 'http-server.mjs'));
