@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { Sandbox, get, root } from './helpers.mjs';
 import { runWrk } from './wrk.mjs';
-import { retirement, upgrade } from './rolling.mjs';
+import { retirement, serving, upgrade } from './rolling.mjs';
 
 const UPGRADES = 10;
 const CONNECTIONS = 16;
@@ -28,7 +28,7 @@ for (const framework of ['express', 'fastify', 'koa']) {
 
     const load = runWrk({ url: `http://127.0.0.1:${port}/`, connections: CONNECTIONS, threads: 2, duration: 300 });
     loads.push(load);
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await serving(Number(port), CONNECTIONS);
     let current = Number(firstPid);
     const retirements = [];
     for (let i = 0; i < UPGRADES; i++) {

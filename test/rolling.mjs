@@ -1,5 +1,6 @@
 // Upgrading example servers one after another, as an operator (or `handover upgrade`) does: SIGHUP
 // a generation, wait for its successor's ready line, and read the predecessor's retirement report.
+import * as fs from 'node:fs';
 import { waitUntil } from './helpers.mjs';
 
 /**
@@ -21,4 +22,24 @@ export async function retirement(group, pid, timeout = 35_000) {
   await waitUntil(() => (match = pattern.exec(group.stderr.join(''))), timeout, `pid ${pid} to retire`);
   const [closed, moved, left] = match.slice(1).map(Number);
   return { closed, moved, left };
+}
+
+/**
+ * serving resolves once the servers on 127.0.0.1:`port` hold at least `connections` established
+ * connections and have accepted every one (the accept queues of their listening sockets are
+ * empty), read from /proc/net/tcp: a load generator's connections are then all the servers' own.
+ */
+export async function serving(port, connections, timeout = 15_000) {
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  await waitUntil(() => {
+    let established = 0;
+    let queued = 0;
+    for (const line of fs.readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+      const [, address, , state, queues] = line.trim().split(/\s+/);
+      if (address !== local) continue;
+      if (state === '01') established++; // ESTABLISHED
+      if (state === '0A') queued += parseInt(queues.split(':')[1], 16); // LISTEN: rx_queue is the accept queue
+    }
+    return established >= connections && queued === 0;
+  }, timeout, `${connections} connections accepted on port ${port}`);
 }
