@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { once } from 'node:events';
+import { createUpgrader } from 'handover';
 import { Sandbox, fixtures, isAlive, waitUntil } from './helpers.mjs';
 
 const HOST = '127.0.0.1';
@@ -252,4 +253,23 @@ test('a successor SIGKILLed before acknowledging: connections are given back (re
   const [a, b] = [await idle.call('Eon'), await midFrame.call('Eon')];
   assert.deepEqual([a.count, a.pid, b.count, b.pid], [4, newPid, 3, newPid]);
   assert.equal(idle.closed || midFrame.closed, false);
+});
+
+test('listen() checks options.protocol and refuses it together with options.adopt, naming the option', async () => {
+  const upgrader = createUpgrader({ dir: path.join(sandbox.dir('handover-protocol-args-'), 'ctl') });
+  const server = net.createServer();
+  try {
+    const target = { port: 0, host: HOST };
+    const refused = (options, message) => assert.rejects(upgrader.listen(server, target, options), (err) => err.code === 'ERR_HANDOVER_INVALID_ARG' && message.test(err.message));
+    await refused({ protocol: 'bolt' }, /options\.protocol must be an object/);
+    await refused({ protocol: {} }, /options\.protocol\.prepareMove must be a function/);
+    await refused({ protocol: { prepareMove: () => ({ move: 'now' }), resume: 1 } }, /options\.protocol\.resume must be a function/);
+    await refused({ protocol: { prepareMove: () => ({ move: 'now' }) }, adopt: () => undefined }, /cannot be used together/);
+    assert.equal(server.listening, false);
+    await upgrader.listen(server, target, { protocol: { prepareMove: () => ({ move: 'never' }) } });
+    assert.equal(server.listening, true);
+  } finally {
+    upgrader.stop();
+    server.close();
+  }
 });

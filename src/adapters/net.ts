@@ -298,7 +298,10 @@ export class ProtocolServerAdapter implements ServerAdapter {
     }
     move(socket, { pending, state, lateWrites: answer.lateWrites !== undefined }).then(
       () => this.moved(socket, answer.lateWrites),
-      (err: HandoverError) => this.kept(socket, pending, err, wasFlowing, round),
+      (err: HandoverError) => {
+        if (err.code === 'ERR_HANDOVER_INVALID_ARG') this.hooks.warn(err); // the adapter's answer was wrong (pending not a Buffer)
+        this.kept(socket, pending, err, wasFlowing, round);
+      },
     );
   }
 
