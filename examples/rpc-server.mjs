@@ -37,7 +37,10 @@ const conns = new Map();
 const server = createRpcServer({
   onConnection(conn) {
     conns.set(conn.socket, conn);
-    conn.socket.once('close', () => conns.delete(conn.socket));
+    conn.socket.once('close', () => {
+      conns.delete(conn.socket);
+      outcome(conn.socket, 'closed');
+    });
   },
 });
 
@@ -60,11 +63,11 @@ await upgrader.listen(server, { port, host: values.host }, {
     },
     resume: (socket, pending, reason) => {
       conns.get(socket)?.attach(pending); // the leftover first, then the socket again
-      outcome(reason.code);
+      outcome(socket, reason.code);
     },
     moved: (socket) => {
       conns.delete(socket);
-      outcome('moved');
+      outcome(socket, 'moved');
     },
     drain: (socket) => conns.has(socket) && finish(conns.get(socket)),
     // Successor side: the decoder gets `pending` first, then starts the socket reading.
@@ -72,12 +75,12 @@ await upgrader.listen(server, { port, host: values.host }, {
   },
 });
 
-// What became of the connections of one retirement, for the log.
+// What became of the connections of one retirement, for the log: moved, kept (why), or closed.
 let tally;
-function outcome(what) {
-  if (!tally) return;
+function outcome(socket, what) {
+  if (!tally?.waiting.delete(socket)) return;
   tally.outcomes.set(what, (tally.outcomes.get(what) ?? 0) + 1);
-  if (++tally.settled < tally.expected) return;
+  if (tally.waiting.size > 0) return;
   const moved = tally.outcomes.get('moved') ?? 0;
   const why = [...tally.outcomes].filter(([code]) => code !== 'moved').map(([code, n]) => `${n} ${code}`).join(', ');
   log(`moved ${moved} connections to pid ${tally.successorPid}${moved < tally.expected ? `; ${tally.expected - moved} stay here (${why})` : ''}`);
@@ -86,7 +89,7 @@ function outcome(what) {
 
 upgrader.on('retiring', ({ successorPid }) => {
   const calls = [...conns.values()].reduce((sum, conn) => sum + conn.inFlight, 0);
-  tally = { successorPid, expected: conns.size, settled: 0, outcomes: new Map() };
+  tally = { successorPid, expected: conns.size, waiting: new Set(conns.keys()), outcomes: new Map() };
   log(`retiring: moving ${conns.size} connections (${calls} calls in flight) to pid ${successorPid}`);
 });
 

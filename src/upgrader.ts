@@ -7,7 +7,7 @@ import createDebug from 'debug';
 import { abandonControl, commitControl, prepareControl, prepareDir, releaseControlSocket, removePidFile } from './control-dir';
 import { HandoverError } from './errors';
 import { ChangeQueue, Lifecycle, type LifecycleEvent, type UpgraderState } from './lifecycle';
-import { closeFds, listenerKey, mismatch, type InheritedListener, type ListenTarget } from './listeners';
+import { checkReusePort, closeFds, listenerKey, mismatch, type InheritedListener, type ListenTarget } from './listeners';
 import { ConnectionAdopter, type TransferOptions } from './connections';
 import { ConnectionTracker, type ConnectionsReport } from './connection-tracker';
 import { PredecessorLink } from './predecessor-link';
@@ -131,6 +131,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       if (options.adopt !== undefined) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.adopt and options.protocol cannot be used together (give protocol an adopt())');
     }
     const { key, kind } = listenerKey(target);
+    checkReusePort(target);
     await this.started;
     if (this.state !== 'starting' && this.state !== 'serving') {
       throw new HandoverError('ERR_HANDOVER_INVALID_STATE', `listen() is not possible while ${this.state}`);

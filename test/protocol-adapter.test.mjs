@@ -10,6 +10,8 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { once } from 'node:events';
+import { createUpgrader } from 'handover';
+import * as http from 'node:http';
 import { Sandbox, fixtures, isAlive, waitUntil } from './helpers.mjs';
 
 const HOST = '127.0.0.1';
@@ -252,4 +254,52 @@ test('a successor SIGKILLed before acknowledging: connections are given back (re
   const [a, b] = [await idle.call('Eon'), await midFrame.call('Eon')];
   assert.deepEqual([a.count, a.pid, b.count, b.pid], [4, newPid, 3, newPid]);
   assert.equal(idle.closed || midFrame.closed, false);
+});
+
+test('beside the HTTP adapter: connections the protocol answers later for are moved by HTTP and reach the successor as connection, not through its adopt', { timeout: 60_000 }, async () => {
+  const group = sandbox.group();
+  const dir = path.join(sandbox.dir('handover-protocol-http-'), 'ctl');
+  group.start([path.join(fixtures, 'protocol-http-server.mjs'), '--port', '0', '--host', HOST, '--dir', dir]);
+  const [, oldPidText, portText] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)$/);
+  const oldPid = Number(oldPidText);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const get = () => new Promise((resolve, reject) => {
+    http.get({ host: HOST, port: Number(portText), agent }, (res) => {
+      let body = '';
+      res.on('data', (chunk) => (body += chunk));
+      res.on('end', () => resolve(body.split(' ').map(Number)));
+    }).on('error', reject);
+  });
+  try {
+    const [pid, clientPort] = await get();
+    assert.equal(pid, oldPid);
+    const since = group.lines.length;
+    process.kill(oldPid, 'SIGHUP');
+    const [, newPid] = await group.waitForLine(/^ready pid=(\d+) port=\d+$/, { since });
+    await group.waitForLine(new RegExp(`^asked pid=${oldPid} port=${clientPort}$`), { since });
+    await group.waitForLine(new RegExp(`^retired pid=${oldPid} moved=1 closed=0 remaining=0$`), { since });
+    assert.deepEqual(await get(), [Number(newPid), clientPort], 'the same keep-alive connection, served by the successor');
+    assert.equal(group.lines.some((l) => l.startsWith('adopted-by-protocol')), false);
+  } finally {
+    agent.destroy();
+  }
+});
+
+test('listen() checks options.protocol and refuses it together with options.adopt, naming the option', async () => {
+  const upgrader = createUpgrader({ dir: path.join(sandbox.dir('handover-protocol-args-'), 'ctl') });
+  const server = net.createServer();
+  try {
+    const target = { port: 0, host: HOST };
+    const refused = (options, message) => assert.rejects(upgrader.listen(server, target, options), (err) => err.code === 'ERR_HANDOVER_INVALID_ARG' && message.test(err.message));
+    await refused({ protocol: 'bolt' }, /options\.protocol must be an object/);
+    await refused({ protocol: {} }, /options\.protocol\.prepareMove must be a function/);
+    await refused({ protocol: { prepareMove: () => ({ move: 'now' }), resume: 1 } }, /options\.protocol\.resume must be a function/);
+    await refused({ protocol: { prepareMove: () => ({ move: 'now' }) }, adopt: () => undefined }, /cannot be used together/);
+    assert.equal(server.listening, false);
+    await upgrader.listen(server, target, { protocol: { prepareMove: () => ({ move: 'never' }) } });
+    assert.equal(server.listening, true);
+  } finally {
+    upgrader.stop();
+    server.close();
+  }
 });

@@ -267,10 +267,10 @@ export class ProtocolServerAdapter implements ServerAdapter {
       answer = this.protocol.prepareMove(socket, () => this.ask(socket, round));
       if (!isAnswer(answer)) throw new Error(`prepareMove() answered ${describe(answer)}, not { move: 'now' | 'later' | 'never' }`);
     } catch (err) {
-      this.hooks.warn(new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `prepareMove() threw: ${(err as Error).message}; the connection stays here`, { cause: err }));
-      answer = { move: 'never', reason: 'prepareMove() threw' };
+      this.hooks.warn(new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `prepareMove() failed: ${(err as Error).message}; the connection stays here`, { cause: err }));
+      answer = { move: 'never', reason: 'prepareMove() failed' };
     }
-    // prepareMove() may have closed it, or a rollback may have come in between (it cannot, being synchronous, but a close can).
+    // prepareMove() may have destroyed the socket (a protocol error): nothing more to do for it.
     if (this.phases.get(socket) !== asking || socket.destroyed) return;
     if (answer.move === 'now') this.moveNow(socket, answer, round);
     else if (answer.move === 'never') this.stay(socket, answer.reason ?? 'prepareMove() answered never');
@@ -298,7 +298,10 @@ export class ProtocolServerAdapter implements ServerAdapter {
     }
     move(socket, { pending, state, lateWrites: answer.lateWrites !== undefined }).then(
       () => this.moved(socket, answer.lateWrites),
-      (err: HandoverError) => this.kept(socket, pending, err, wasFlowing, round),
+      (err: HandoverError) => {
+        if (err.code === 'ERR_HANDOVER_INVALID_ARG') this.hooks.warn(err); // the adapter's answer was wrong (pending not a Buffer)
+        this.kept(socket, pending, err, wasFlowing, round);
+      },
     );
   }
 
