@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { once } from 'node:events';
 import { Sandbox, fixtures, root, waitUntil, sleep } from './helpers.mjs';
 import { wsUpgrades } from '../bench/ws-upgrades.mjs';
-import { openClients, summary } from '../bench/lib/ws-load.mjs';
+import { WsClient, openClients, summary } from '../bench/lib/ws-load.mjs';
 
 const HOST = '127.0.0.1';
 const example = path.join(root, 'examples', 'ws-server.mjs');
@@ -189,10 +189,40 @@ test('frames half-received at retirement (cut in the payload, in a 64-bit length
   assert.deepEqual(oneByte.echoes('one-byte'), [`echo:${successor}:one-byte`]);
 });
 
+test('the negotiated subprotocol and the upgrade request move; a reply sent by the old process after the move arrives as a late write', async () => {
+  const { group, pid, port } = await start(path.join(fixtures, 'ws-fixture-server.mjs'));
+  const client = new WsClient(`ws://${HOST}:${port}/ws?room=7`, { protocols: ['chat.v1', 'chat.v2'], headers: { 'x-user': 'ada' } });
+  clientSets.push([client]);
+  await client.opened;
+  const localPort = client.localPort;
+  const answers = [];
+  client.ws.on('message', (data) => {
+    const text = data.toString();
+    if (!text.startsWith('tick:')) answers.push(text);
+  });
+  // Answered only once the WebSocket is the successor's: by this process, through the successor.
+  client.ws.send('late:after-the-move');
+  await sleep(100);
+  const successor = await upgrade(group, pid);
+  await waitUntil(() => answers.includes(`echo:${pid}:after-the-move`), 10_000, 'the late reply');
+  await waitUntil(() => retiredLine(group, pid), 10_000, `pid ${pid} to retire`);
+  assert.deepEqual(retiredLine(group, pid).slice(1, 3), ['1', '0']);
+  assert.equal(await client.askPid(), successor);
+  client.ws.send('protocol');
+  client.ws.send('request');
+  await waitUntil(() => answers.some((a) => a.startsWith('request:')), 10_000, 'the answers');
+  assert.ok(answers.includes('protocol:chat.v2'), answers.join(' '));
+  assert.ok(answers.includes('request:/ws?room=7:ada'), answers.join(' '));
+  assert.equal(client.ws.protocol, 'chat.v2');
+  assert.deepEqual(client.closes, []);
+  assert.deepEqual(client.problems, []);
+  assert.equal(client.ws._socket.localPort, localPort);
+});
+
 // ---- compression ----------------------------------------------------------------------------
 
 test('permessage-deflate without context takeover moves (2 upgrades, every message compressed)', async () => {
-  const { group, pid, port } = await start(path.join(fixtures, 'ws-deflate-server.mjs'), ['--takeover', 'no']);
+  const { group, pid, port } = await start(path.join(fixtures, 'ws-fixture-server.mjs'), ['--deflate', 'no-takeover']);
   const clients = await openClients(`ws://${HOST}:${port}/ws`, 20, { perMessageDeflate: true });
   clientSets.push(clients);
   assert.match(clients[0].ws.extensions, /permessage-deflate/);
@@ -213,7 +243,7 @@ test('permessage-deflate without context takeover moves (2 upgrades, every messa
 });
 
 test('permessage-deflate with context takeover: closed with 1012 after the messages in flight, never 1006', async () => {
-  const { group, pid, port } = await start(path.join(fixtures, 'ws-deflate-server.mjs'), ['--takeover', 'yes']);
+  const { group, pid, port } = await start(path.join(fixtures, 'ws-fixture-server.mjs'), ['--deflate', 'takeover']);
   const clients = await openClients(`ws://${HOST}:${port}/ws`, 10, { perMessageDeflate: true });
   clientSets.push(clients);
   for (const c of clients) c.start();

@@ -5,9 +5,9 @@ import WebSocket from 'ws';
 
 /** One client: sends `m<seq>` every `everyMs` (while sending), and checks every message it gets. */
 export class WsClient {
-  constructor(url, { everyMs = 50, perMessageDeflate = false } = {}) {
+  constructor(url, { everyMs = 50, perMessageDeflate = false, protocols = [], headers = {} } = {}) {
     this.everyMs = everyMs;
-    this.ws = new WebSocket(url, { perMessageDeflate });
+    this.ws = new WebSocket(url, protocols, { perMessageDeflate, headers });
     this.sent = 0;
     this.echoed = 0;
     this.lastTick = 0;
@@ -43,8 +43,10 @@ export class WsClient {
       this.lastTick = n;
       this.ticks++;
     } else if (kind === 'echo') {
-      // echo:<pid>:m<seq>
-      const seq = Number(text.slice(text.lastIndexOf(':m') + 2));
+      // echo:<pid>:m<seq> (an echo of anything else is a test's own message)
+      const numbered = /:m(\d+)$/.exec(text);
+      if (!numbered) return;
+      const seq = Number(numbered[1]);
       if (seq !== this.echoed + 1) this.problem(`echo m${seq} after m${this.echoed}`);
       else this.echoed = seq;
     } else if (kind === 'pid') {
@@ -54,7 +56,7 @@ export class WsClient {
       const id = text.slice(colon + 1);
       this.broadcasts.set(id, (this.broadcasts.get(id) ?? 0) + 1);
       if (this.broadcasts.get(id) > 1) this.problem(`broadcast ${id} received twice`);
-    } else {
+    } else if (kind !== 'protocol' && kind !== 'request') {
       this.problem(`unexpected message ${text.slice(0, 60)}`);
     }
   }
