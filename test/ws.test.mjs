@@ -189,7 +189,7 @@ test('frames half-received at retirement (cut in the payload, in a 64-bit length
   assert.deepEqual(oneByte.echoes('one-byte'), [`echo:${successor}:one-byte`]);
 });
 
-test('the negotiated subprotocol and the upgrade request move; a reply sent by the old process after the move arrives as a late write', async () => {
+test('the negotiated subprotocol, the upgrade request and binaryType move; a reply sent by the old process after the move arrives as a late write', async () => {
   const { group, pid, port } = await start(path.join(fixtures, 'ws-fixture-server.mjs'));
   const client = new WsClient(`ws://${HOST}:${port}/ws?room=7`, { protocols: ['chat.v1', 'chat.v2'], headers: { 'x-user': 'ada' } });
   clientSets.push([client]);
@@ -200,6 +200,7 @@ test('the negotiated subprotocol and the upgrade request move; a reply sent by t
     const text = data.toString();
     if (!text.startsWith('tick:')) answers.push(text);
   });
+  client.ws.send('binaryType=arraybuffer');
   // Answered only once the WebSocket is the successor's: by this process, through the successor.
   client.ws.send('late:after-the-move');
   await sleep(100);
@@ -208,9 +209,12 @@ test('the negotiated subprotocol and the upgrade request move; a reply sent by t
   await waitUntil(() => retiredLine(group, pid), 10_000, `pid ${pid} to retire`);
   assert.deepEqual(retiredLine(group, pid).slice(1, 3), ['1', '0']);
   assert.equal(await client.askPid(), successor);
+  const before = answers.length;
   client.ws.send('protocol');
+  client.ws.send('binaryType');
   client.ws.send('request');
-  await waitUntil(() => answers.some((a) => a.startsWith('request:')), 10_000, 'the answers');
+  await waitUntil(() => answers.slice(before).some((a) => a.startsWith('request:')), 10_000, 'the answers');
+  assert.ok(answers.slice(before).includes('binaryType:arraybuffer'), answers.join(' '));
   assert.ok(answers.includes('protocol:chat.v2'), answers.join(' '));
   assert.ok(answers.includes('request:/ws?room=7:ada'), answers.join(' '));
   assert.equal(client.ws.protocol, 'chat.v2');

@@ -56,7 +56,7 @@ export class WsClient {
       const id = text.slice(colon + 1);
       this.broadcasts.set(id, (this.broadcasts.get(id) ?? 0) + 1);
       if (this.broadcasts.get(id) > 1) this.problem(`broadcast ${id} received twice`);
-    } else if (kind !== 'protocol' && kind !== 'request') {
+    } else if (!['protocol', 'request', 'binaryType'].includes(kind)) {
       this.problem(`unexpected message ${text.slice(0, 60)}`);
     }
   }

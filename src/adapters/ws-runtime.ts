@@ -66,6 +66,9 @@ export interface NegotiatedWebSocket {
   /** The upgrade request, as far as an application may read it again. */
   url: string;
   headers: http.IncomingHttpHeaders;
+  /** ws.binaryType and ws.isPaused, as the application left them. */
+  binaryType?: string;
+  paused?: boolean;
 }
 
 export function internals(ws: WebSocket): WebSocketInternals {
@@ -214,6 +217,7 @@ export function buildWebSocket(wss: WebSocketServer, socket: net.Socket, pending
     maxPayload: options.maxPayload,
     skipUTF8Validation: options.skipUTF8Validation,
   });
+  if (typeof negotiated.binaryType === 'string') ws.binaryType = negotiated.binaryType as WebSocket['binaryType'];
   const clients = (wss as unknown as { clients?: Set<WebSocket> }).clients;
   if (clients) {
     clients.add(ws);

@@ -159,7 +159,7 @@ export class WebSocketAdapter implements ProtocolAdapter<unknown> {
     const upgrade = this.upgrades.get(ws) ?? { url: '/', headers: {} };
     // The state travels in at most 16 KiB: the request headers go with it when they leave room for the rest.
     const headers = JSON.stringify(upgrade.headers).length <= MAX_HEADERS_BYTES ? upgrade.headers : {};
-    const negotiated: NegotiatedWebSocket = { protocol: ws.protocol, deflate: deflateParams(ws), url: upgrade.url, headers };
+    const negotiated: NegotiatedWebSocket = { protocol: ws.protocol, deflate: deflateParams(ws), url: upgrade.url, headers, binaryType: ws.binaryType, paused: ws.isPaused };
     const pending = Buffer.concat([takeUnparsedBytes(internals(ws)._receiver!), tail]);
     const state: MovedState = app === undefined ? { ws: negotiated } : { ws: negotiated, app };
     const idle = this.options.whenIdle?.(ws);
@@ -298,7 +298,9 @@ export class WebSocketAdapter implements ProtocolAdapter<unknown> {
     const { ws, request } = buildWebSocket(this.wss, socket, connection.pending, state.ws);
     debug('adopted a WebSocket (%s, %s)', state.ws.url, state.ws.deflate ? 'compressed' : 'uncompressed');
     this.wss.emit('connection', ws, request, state.app);
-    socket.resume();
+    // A WebSocket the application had paused stays paused until it calls ws.resume().
+    if (state.ws.paused === true && !ws.isPaused) ws.pause();
+    if (!ws.isPaused) socket.resume();
   }
 }
 
