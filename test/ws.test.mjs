@@ -265,6 +265,22 @@ test('permessage-deflate with context takeover: closed with 1012 after the messa
   assert.deepEqual(retiredLine(group, pid).slice(1, 3), ['0', '10']);
 });
 
+test('wss:// (TLS): closed with 1012 at retirement, never 1006', async () => {
+  const { group, pid, port } = await start(path.join(fixtures, 'ws-fixture-server.mjs'), ['--tls']);
+  const clients = await openClients(`wss://localhost:${port}/ws`, 3, { rejectUnauthorized: false });
+  clientSets.push(clients);
+  for (const c of clients) c.start();
+  await sleep(300);
+  await upgrade(group, pid);
+  await waitUntil(() => clients.every((c) => c.closes.length > 0), 10_000, 'every client to be closed');
+  for (const c of clients) {
+    assert.deepEqual(c.closes, [1012]);
+    assert.deepEqual(c.problems, []);
+  }
+  await waitUntil(() => retiredLine(group, pid), 10_000, `pid ${pid} to retire`);
+  assert.deepEqual(retiredLine(group, pid).slice(1, 3), ['0', '3']);
+});
+
 // ---- a successor killed while WebSockets move -------------------------------------------------
 
 test('a successor SIGKILLed while WebSockets move: those it had not acknowledged stay with the old process and keep working', async () => {

@@ -5,9 +5,9 @@ import WebSocket from 'ws';
 
 /** One client: sends `m<seq>` every `everyMs` (while sending), and checks every message it gets. */
 export class WsClient {
-  constructor(url, { everyMs = 50, perMessageDeflate = false, protocols = [], headers = {} } = {}) {
+  constructor(url, { everyMs = 50, perMessageDeflate = false, protocols = [], headers = {}, rejectUnauthorized } = {}) {
     this.everyMs = everyMs;
-    this.ws = new WebSocket(url, protocols, { perMessageDeflate, headers });
+    this.ws = new WebSocket(url, protocols, { perMessageDeflate, headers, ...(rejectUnauthorized === undefined ? {} : { rejectUnauthorized }) });
     this.sent = 0;
     this.echoed = 0;
     this.lastTick = 0;

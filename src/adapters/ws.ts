@@ -5,7 +5,7 @@
 // (./net.ts: prepareMove now/later/never, resume, drain, moved; adopt), as any user's adapter
 // would be. The ws internals it reads are in ./ws-runtime.ts.
 import type * as http from 'node:http';
-import type * as net from 'node:net';
+import * as net from 'node:net';
 import createDebug from 'debug';
 import type { WebSocket, WebSocketServer } from 'ws';
 import type { AdoptedProtocolConnection, MoveAnswer, ProtocolAdapter } from './net';
@@ -105,13 +105,17 @@ export class WebSocketAdapter implements ProtocolAdapter<unknown> {
     wss.prependListener('connection', (ws: WebSocket, request: http.IncomingMessage) => {
       const socket = internals(ws)._socket;
       if (!socket) return;
+      // Over TLS (wss://) ws reads a TLSSocket; the library asks about the TCP socket under it.
+      const parent = (socket as net.Socket & { _parent?: unknown })._parent;
+      const transport = parent instanceof net.Socket ? parent : socket;
       this.bySocket.set(socket, ws);
+      this.bySocket.set(transport, ws);
       this.upgrades.set(ws, { url: request.url ?? '/', headers: request.headers });
       this.open.add(ws);
       ws.once('close', () => this.open.delete(ws));
       // An HTTP connection asked about during the retirement just became a WebSocket: ask again,
       // once the application's own 'connection' handler has set it up.
-      const askAgain = this.askAgainFor.get(socket);
+      const askAgain = this.askAgainFor.get(transport);
       if (askAgain) setImmediate(askAgain);
     });
   }
@@ -133,7 +137,7 @@ export class WebSocketAdapter implements ProtocolAdapter<unknown> {
       reading.stop();
       return this.moveNow(ws, socket, reading.socketOnData, reading.queue);
     }
-    if ((socket as net.Socket & { encrypted?: boolean }).encrypted) return { move: 'never', reason: 'wss:// (TLS): its session cannot move' };
+    if (socket !== internals(ws)._socket || (socket as net.Socket & { encrypted?: boolean }).encrypted) return { move: 'never', reason: 'wss:// (TLS): its session cannot move' };
     const problems = wsProblems(ws);
     if (problems.length > 0) return { move: 'never', reason: `this ws lacks ${problems.join(', ')}` };
     if (!compressionCanMove(deflateParams(ws))) return { move: 'never', reason: 'permessage-deflate with context takeover: its compression context cannot move' };
