@@ -6,6 +6,8 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ProcessGroup, fixtures, tmpDir } from './helpers.mjs';
 import { retirements, startExample, upgradeTimes } from './tls-upgrades.mjs';
 
 const WINDOW = 8;
@@ -21,8 +23,11 @@ afterEach(async () => {
   server = undefined;
 });
 
-test(`a UDP echo answers every datagram through 3 upgrades (${WINDOW} in flight)`, { timeout: 60_000 }, async () => {
-  server = await startExample('udp-echo-server.mjs');
+/**
+ * echoClient keeps WINDOW datagrams in flight to `port`, sending the next when an echo arrives.
+ * finish() stops sending, waits for the echoes still due (or LOST_AFTER_MS) and tells what happened.
+ */
+async function echoClient(port) {
   client = dgram.createSocket('udp4');
   await new Promise((resolve) => client.bind(0, '127.0.0.1', resolve));
   const pending = new Map(); // sequence number -> time sent
@@ -31,13 +36,13 @@ test(`a UDP echo answers every datagram through 3 upgrades (${WINDOW} in flight)
   let next = 0;
   let sending = true;
   let lost = [];
+  let drained;
+  const allAnswered = new Promise((resolve) => (drained = resolve));
   const send = () => {
     const seq = next++;
     pending.set(seq, Date.now());
-    client.send(`seq ${seq}`, server.port, '127.0.0.1');
+    client.send(`seq ${seq}`, port, '127.0.0.1');
   };
-  let drained;
-  const allAnswered = new Promise((resolve) => (drained = resolve));
   client.on('message', (message) => {
     const [pid, , seq] = message.toString().split(' ');
     if (!pending.delete(Number(seq))) duplicates.push(seq);
@@ -50,17 +55,46 @@ test(`a UDP echo answers every datagram through 3 upgrades (${WINDOW} in flight)
     if (lost.length > 0) drained();
   }, 250);
   for (let i = 0; i < WINDOW; i++) send();
+  return {
+    answeredBy,
+    finish: async () => {
+      sending = false;
+      if (pending.size > 0) await allAnswered;
+      clearInterval(watchdog);
+      const summary = `${next} sent; answered by ${[...answeredBy].map(([pid, n]) => `${pid}:${n}`).join(' ')}`;
+      console.log(summary);
+      assert.deepEqual(lost, [], `lost datagrams: ${lost.join(' ')}; ${summary}`);
+      assert.equal(pending.size, 0, summary);
+      assert.deepEqual(duplicates, [], summary);
+      return summary;
+    },
+  };
+}
+
+test(`a UDP echo answers every datagram through 3 upgrades (${WINDOW} in flight)`, { timeout: 60_000 }, async () => {
+  server = await startExample('udp-echo-server.mjs');
+  const echoes = await echoClient(server.port);
   const pids = await upgradeTimes(server.group, 'udp-echo-server', server.pid, 3);
   await new Promise((resolve) => setTimeout(resolve, 300));
-  sending = false;
-  if (pending.size > 0) await allAnswered;
-  clearInterval(watchdog);
-  const summary = `${next} sent; answered by ${[...answeredBy].map(([pid, n]) => `${pid}:${n}`).join(' ')}`;
-  console.log(summary);
-  assert.deepEqual(lost, [], `lost datagrams: ${lost.join(' ')}; ${summary}`);
-  assert.equal(pending.size, 0, summary);
-  assert.deepEqual(duplicates, [], summary);
-  for (const pid of pids) assert.ok(answeredBy.get(pid) > 0, `pid ${pid} never answered; ${summary}`);
+  const summary = await echoes.finish();
+  for (const pid of pids) assert.ok(echoes.answeredBy.get(pid) > 0, `pid ${pid} never answered; ${summary}`);
   const reports = retirements(server.group, 'udp-echo-server');
   for (const pid of pids.slice(0, -1)) assert.ok(reports.has(pid), `pid ${pid} did not retire`);
+});
+
+test('a successor killed after READY: the predecessor receives on its UDP socket again, no datagram lost meanwhile', { timeout: 60_000 }, async () => {
+  const group = new ProcessGroup();
+  server = { group, base: tmpDir() };
+  group.start([path.join(fixtures, 'udp-fault-server.mjs')], { env: { HANDOVER_DIR: path.join(server.base, 'ctl'), FAULT_AT: 'successor:ready-acked' } });
+  const [, pid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
+  const echoes = await echoClient(Number(port));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const since = group.lines.length;
+  process.kill(Number(pid), 'SIGHUP');
+  await group.waitForLine(/^rollback successor=\d+/, { since });
+  const before = echoes.answeredBy.get(Number(pid));
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  // It answers again: the datagrams queued while it had stopped receiving included.
+  assert.ok(echoes.answeredBy.get(Number(pid)) > before, 'the predecessor answers again after the rollback');
+  await echoes.finish(); // (the successor answered too: it received from its listen() until it died)
 });
