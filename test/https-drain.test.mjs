@@ -2,7 +2,8 @@
 // each connection's next request with `Connection: close` and leaves idle ones to the server's own
 // keep-alive timeout. It never closes a connection a request may be arriving on: 16 keep-alive
 // clients hammering through 3 upgrades see no reset and no failed request (Node's https.Agent and
-// undici; and HTTP/1.1 clients of an HTTP/2 server with allowHTTP1).
+// undici; wrk over TLS with 32 connections; and HTTP/1.1 clients of an HTTP/2 server with
+// allowHTTP1).
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -11,6 +12,7 @@ import * as path from 'node:path';
 import { Agent as UndiciAgent, request as undiciRequest } from 'undici';
 import { ProcessGroup, fixtures, tmpDir } from './helpers.mjs';
 import { Tally, retirements, startExample, tlsCa, upgradeTimes } from './tls-upgrades.mjs';
+import { runWrk } from './wrk.mjs';
 
 const CLIENTS = 16;
 const UPGRADES = 3;
@@ -92,6 +94,23 @@ test(`undici keep-alive, ${CLIENTS} clients, ${UPGRADES} upgrades: no reset, no 
   } finally {
     await Promise.all(dispatchers.map((d) => d.close()));
   }
+});
+
+test(`wrk over TLS, 32 keep-alive connections, ${UPGRADES} upgrades: no socket error`, { timeout: 60_000 }, async () => {
+  server = await startExample('https-server.mjs');
+  const wrk = runWrk({ url: `https://127.0.0.1:${server.port}/`, connections: 32, duration: 30 });
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await upgradeTimes(server.group, 'https-server', server.pid, UPGRADES);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  } finally {
+    wrk.stop();
+  }
+  const report = await wrk.result;
+  const summary = `wrk: ${report.requests} requests, errors connect ${report.connect} read ${report.read} write ${report.write} timeout ${report.timeout}, non-2xx ${report.non2xx}`;
+  console.log(summary);
+  assert.ok(report.requests > 100, summary);
+  assert.deepEqual([report.connect, report.read, report.write, report.timeout, report.non2xx], [0, 0, 0, 0, 0], `${summary}\n${report.raw}`);
 });
 
 test(`an HTTP/2 server's HTTP/1.1 fallback (allowHTTP1), ${CLIENTS} https.Agent keep-alive clients, 2 upgrades: no failed request`, { timeout: 60_000 }, async () => {
