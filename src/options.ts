@@ -3,6 +3,7 @@ import { HandoverError } from './errors';
 import type { ConnectionsReport } from './connection-tracker';
 import type { AdoptHandler } from './connections';
 import type { SuccessorCommand } from './spawner';
+import { startCommand } from './start-context';
 
 export interface UpgraderOptions {
   /** The control directory shared by every generation (created 0700). Required. */
@@ -11,7 +12,11 @@ export interface UpgraderOptions {
   readyTimeout?: number;
   /** How long a retiring process waits for its connections before it retires anyway. Default 30 000 ms. */
   gracefulTimeout?: number;
-  /** What upgrade() starts. */
+  /**
+   * What upgrade() starts. Default: this program again (execPath, execArgv, argv, env), from the
+   * logical directory it was started in ($PWD when it names the working directory: a deploy that
+   * re-points a `current` symlink upgrades to the new release), with the script resolved there.
+   */
   command?: SuccessorCommand;
   /** uids allowed to take over. Default: this process's own uid. */
   allowedUids?: readonly number[];
@@ -77,12 +82,9 @@ export function resolveOptions(options: UpgraderOptions): Omit<ResolvedOptions, 
     throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.allowedUids must be an array of uids');
   }
   const allowedUids = new Set(options.allowedUids ?? [process.getuid?.() ?? 0]);
-  const command = options.command ?? {
-    file: process.execPath,
-    args: [...process.execArgv, ...process.argv.slice(1)],
-    cwd: process.cwd(),
-    env: process.env,
-  };
+  // This very program, started again from the directory it was started in (the logical one: a
+  // symlink-swap deploy runs the new release) with this process's environment.
+  const command = options.command ?? { ...startCommand(), env: process.env };
   if (typeof command.file !== 'string' || command.file.length === 0) {
     throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.command.file must be a non-empty string');
   }
