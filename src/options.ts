@@ -20,6 +20,12 @@ export interface UpgraderOptions {
   command?: SuccessorCommand;
   /** uids allowed to take over. Default: this process's own uid. */
   allowedUids?: readonly number[];
+  /**
+   * Talk to systemd where its environment says it runs the process ($NOTIFY_SOCKET, $LISTEN_FDS,
+   * $FDSTORE; see docs/systemd.md). Default true; false leaves all three alone (a supervisor of
+   * your own that speaks to systemd itself).
+   */
+  systemd?: boolean;
 }
 
 export interface UpgraderEvents {
@@ -57,6 +63,7 @@ export interface ResolvedOptions {
   gracefulTimeout: number;
   command: SuccessorCommand;
   allowedUids: ReadonlySet<number>;
+  systemd: boolean;
 }
 
 const DEFAULT_READY_TIMEOUT = 10_000;
@@ -82,11 +89,14 @@ export function resolveOptions(options: UpgraderOptions): Omit<ResolvedOptions, 
     throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.allowedUids must be an array of uids');
   }
   const allowedUids = new Set(options.allowedUids ?? [process.getuid?.() ?? 0]);
+  if (options.systemd !== undefined && typeof options.systemd !== 'boolean') {
+    throw new HandoverError('ERR_HANDOVER_INVALID_ARG', `options.systemd must be a boolean, got ${String(options.systemd)}`);
+  }
   // This very program, started again from the directory it was started in (the logical one: a
   // symlink-swap deploy runs the new release) with this process's environment.
   const command = options.command ?? { ...startCommand(), env: process.env };
   if (typeof command.file !== 'string' || command.file.length === 0) {
     throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.command.file must be a non-empty string');
   }
-  return { dir: options.dir, readyTimeout, gracefulTimeout, command, allowedUids };
+  return { dir: options.dir, readyTimeout, gracefulTimeout, command, allowedUids, systemd: options.systemd ?? true };
 }

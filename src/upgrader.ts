@@ -19,6 +19,7 @@ import { checkTimeout, resolveOptions, type ListenOptions, type ResolvedOptions,
 import { serviceControlSockets } from './control-service';
 import { fault } from './faults';
 import { runtimeCapabilities } from './runtime';
+import { Systemd } from './systemd';
 
 const debug = createDebug('handover:upgrader');
 
@@ -44,6 +45,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   private readyPromise: Promise<void> | undefined;
   private predecessor: PredecessorLink | undefined;
   private readonly successors: Successors;
+  private readonly systemd: Systemd | undefined;
 
   constructor(options: UpgraderOptions, private readonly os: ProcessLayer = systemProcesses) {
     super();
@@ -70,6 +72,10 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       transition: (event) => this.transition(event),
     };
     this.successors = new Successors(this.generation);
+    if (settings.systemd) {
+      this.systemd = new Systemd(process.env, { servers: () => this.servers.values(), upgradePending: () => this.successors.upgradePending, warn: (err) => this.warn(err) });
+      this.systemd.follow(this);
+    }
     this.started = this.start();
     // Errors surface through listen()/ready()/inheritListeners(); never as an unhandled rejection.
     this.started.catch(() => undefined);
@@ -133,6 +139,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     if (this.servers.has(key)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', `a server already listens on ${key}`);
     let inherited = this.inherited.get(key) ?? this.inheritedByAddress(target);
     if (inherited) this.inherited.delete(inherited.key);
+    else inherited = this.systemd?.take(key, target);
     const wrong = inherited && mismatch(inherited, target);
     if (inherited && wrong) {
       closeFds([inherited.fd]);
@@ -140,6 +147,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       inherited = undefined;
     }
     await this.servers.bind(server, target, inherited);
+    this.systemd?.claimed(key, inherited?.key);
     this.servers.add({ server, key, kind, backlog: target.backlog, adapter: adapterFor(server), adopt: options.adopt });
     server.on('connection', (socket: net.Socket) => this.tracker.track(socket, key));
   }
@@ -200,6 +208,8 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       await predecessor?.abort(`cannot take over the control directory: ${(err as Error).message}`);
       throw new HandoverError('ERR_HANDOVER_DIR_UNSAFE', `cannot take over ${this.dir}: ${(err as Error).message}`, { cause: err });
     }
+    // MAINPID and READY reach systemd before COMMIT lets the predecessor finish and exit.
+    this.systemd?.ready([...this.inherited.keys()]);
     if (predecessor) {
       fault('control-taken', 'successor', predecessor.peerPid);
       predecessor.commit();
@@ -244,7 +254,9 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
 
   /** upgrade starts a successor and resolves with its pid once it is ready (this process then retires). */
   upgrade(): Promise<number> {
-    return this.successors.upgrade();
+    const upgrading = this.successors.upgrade();
+    if (this.successors.upgradePending) this.systemd?.upgradeStarted();
+    return upgrading;
   }
 
   /** transferConnection moves one live connection to the successor (while retiring); see docs/moving.md. */
@@ -267,6 +279,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
    */
   stop(): void {
     if (this.state === 'stopped') return;
+    this.systemd?.stopping();
     this.lifecycle.apply('stop');
     this.successors.stop();
     // A successor that stops its upgrader still serves: say so, so that the predecessor never rolls back.
