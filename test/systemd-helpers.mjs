@@ -104,10 +104,15 @@ export class NotifyReceiver {
  * execs node, which keeps that pid). The process joins `group` (its lines, its cleanup).
  */
 export function startWithListenFds(group, args, { fds, names, env = {} }) {
-  const child = spawn('/bin/sh', ['-c', 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"', process.execPath, ...args], {
-    env: { ...process.env, ...env, LISTEN_FDS: String(fds.length), LISTEN_FDNAMES: names.join(':') },
-    stdio: ['ignore', 'pipe', 'pipe', ...fds],
+  return startCommand(group, '/bin/sh', ['-c', 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"', process.execPath, ...args], {
+    env: { ...env, LISTEN_FDS: String(fds.length), LISTEN_FDNAMES: names.join(':') },
+    fds,
   });
+}
+
+/** startCommand runs any command in `group` (its stdout lines, its cleanup by pid), with `fds` at 3, 4, ... */
+export function startCommand(group, file, args, { env = {}, fds = [] } = {}) {
+  const child = spawn(file, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe', ...fds] });
   group.track(child.pid);
   readline.createInterface({ input: child.stdout }).on('line', (line) => group.onLine(line));
   child.stderr.on('data', (chunk) => {

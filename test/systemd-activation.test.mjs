@@ -1,0 +1,74 @@
+// Socket activation on the first start, with real LISTEN_FDS from systemd-socket-activate: the
+// listeners are matched to listen() targets by name and by address, the connection that woke the
+// service up is served, and LISTEN_* are gone from the environment so a successor takes the
+// listeners from its predecessor (not, wrongly, from fds 3, 4, ... of its own).
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import * as net from 'node:net';
+import * as http from 'node:http';
+import * as path from 'node:path';
+import { Sandbox, fixtures, get, waitUntil } from './helpers.mjs';
+import { startCommand } from './systemd-helpers.mjs';
+
+const fixture = path.join(fixtures, 'systemd-server.mjs');
+const sandbox = new Sandbox();
+afterEach(() => sandbox.cleanup());
+
+/** A port nobody listens on right now (systemd-socket-activate needs a number). */
+async function freePort() {
+  const probe = net.createServer();
+  await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address();
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+function getUnix(socketPath) {
+  return new Promise((resolve, reject) => {
+    http.get({ socketPath, path: '/', agent: false }, (res) => {
+      let body = '';
+      res.on('data', (chunk) => (body += chunk));
+      res.on('end', () => resolve(body));
+    }).on('error', reject);
+  });
+}
+
+test('systemd-socket-activate: listeners by name and by address, the waking connection served, nothing left for the successor to misinherit', async () => {
+  const base = sandbox.dir();
+  const port = await freePort();
+  const unixPath = path.join(base, 'web.sock');
+  const group = sandbox.group();
+  // --fdname: the TCP socket is "api" (the fixture's key), the unix one "other" (no key of that name: matched by its path).
+  // It passes no environment of its own but what -E names (and LISTEN_*).
+  const env = { HANDOVER_DIR: path.join(base, 'ctl'), PORT: String(port), KEY: 'api', UNIX_PATH: unixPath, ...(process.env.DEBUG ? { DEBUG: process.env.DEBUG } : {}) };
+  const setenv = Object.entries(env).map(([name, value]) => `--setenv=${name}=${value}`);
+  startCommand(group, 'systemd-socket-activate', ['-l', `127.0.0.1:${port}`, '-l', unixPath, '--fdname=api:other', ...setenv, process.execPath, fixture]);
+  await waitUntil(() => group.stderr.join('').includes(`Listening on ${unixPath} as 4.`), 10_000, 'systemd-socket-activate to listen');
+  // Nothing runs until the first connection: this request wakes the service and waits in the backlog.
+  const waking = get(port).then((res) => res, (err) => err);
+  const [, firstPid,, before, after] = await group.waitForLine(/^ready pid=(\d+) port=(\d+) gen=first listen-fds-before=(\S+) listen-fds-after=(\S+)/, { since: 0 });
+  assert.equal(before, '2', 'systemd-socket-activate passed two fds');
+  assert.equal(after, 'none', 'LISTEN_FDS is unset once taken');
+  assert.equal((await waking).body, firstPid, 'the connection that started the service is served');
+  assert.equal(await getUnix(unixPath), firstPid);
+  assert.deepEqual(group.lines.filter((l) => l.startsWith('warning')), []);
+
+  const since = group.lines.length;
+  process.kill(Number(firstPid), 'SIGHUP');
+  const [, secondPid, , successorBefore] = await group.waitForLine(/^ready pid=(\d+) port=(\d+) gen=successor listen-fds-before=(\S+)/, { since });
+  assert.equal(successorBefore, 'none', 'the successor was started without LISTEN_FDS');
+  await group.waitForLine(/^retired/, { since });
+  assert.equal((await get(port)).body, secondPid);
+  assert.equal(await getUnix(unixPath), secondPid);
+  assert.deepEqual(group.lines.filter((l) => l.startsWith('warning')), [], 'no LISTEN_PID mismatch, no protocol warning');
+});
+
+test('LISTEN_FDS meant for another pid is ignored, with a warning, and unset', async () => {
+  const base = sandbox.dir();
+  const group = sandbox.group();
+  group.start([fixture], { env: { HANDOVER_DIR: path.join(base, 'ctl'), LISTEN_FDS: '1', LISTEN_PID: '1', LISTEN_FDNAMES: 'api' } });
+  const [, pid, port, , after] = await group.waitForLine(/^ready pid=(\d+) port=(\d+) gen=first listen-fds-before=(\S+) listen-fds-after=(\S+)/, { since: 0 });
+  assert.equal(after, 'none');
+  assert.ok(group.lines.some((l) => /^warning code=ERR_HANDOVER_SYSTEMD LISTEN_FDS=1 is for pid 1, not this process/.test(l)), group.lines.join('\n'));
+  assert.equal((await get(Number(port))).body, pid, 'it bound a socket of its own');
+});
