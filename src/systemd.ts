@@ -219,8 +219,9 @@ export class Systemd {
     this.reloadStarted();
   }
 
-  /** stopping: stop() ends this generation without a successor; said only while it is the main process. */
+  /** stopping: stop() ends this generation without a successor (said only while it is the main process); unclaimed activated sockets are closed. */
   stopping(): void {
+    closeFds(this.activated.splice(0).map((l) => l.fd));
     if (!this.main) return;
     this.main = false;
     this.notify('STOPPING=1');

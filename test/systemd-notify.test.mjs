@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { Sandbox, root, fixtures, get } from './helpers.mjs';
 import { NotifyReceiver, gone } from './systemd-helpers.mjs';
+import { fdName, keyOfFdName, notifyAddress } from '../dist/systemd.js';
 
 const example = path.join(root, 'examples', 'http-server.mjs');
 const sandbox = new Sandbox();
@@ -58,6 +59,23 @@ test('upgrade under Type=notify: RELOADING, then MAINPID=<successor> and READY=1
   assert.deepEqual(receiver.texts().slice(count), ['STOPPING=1']);
 });
 
+test('the successor says MAINPID before COMMIT: a successor that stalls right after it, still heard before the predecessor exits', async () => {
+  const base = sandbox.dir();
+  receiver = new NotifyReceiver(path.join(base, 'notify.sock'));
+  const group = sandbox.group();
+  const first = group.start([path.join(fixtures, 'systemd-server.mjs')], { env: { NOTIFY_SOCKET: receiver.notifySocket, HANDOVER_DIR: path.join(base, 'ctl'), STALL_AFTER_READY_MS: '1000' } });
+  const [, firstPid] = await group.waitForLine(/^ready pid=(\d+) port=(\d+) gen=first/, { since: 0 });
+  await receiver.waitFor((m) => m.text === `MAINPID=${firstPid}\nREADY=1`, { what: 'READY of the first generation' });
+  const atExit = first.exited.then(() => {
+    receiver.drain();
+    return receiver.texts();
+  });
+  process.kill(Number(firstPid), 'SIGHUP');
+  const seen = await atExit;
+  const [, secondPid] = await group.waitForLine(/^ready pid=(\d+) port=(\d+) gen=successor/, { since: 0 });
+  assert.equal(seen.at(-1), `MAINPID=${secondPid} READY=1`, `heard before the predecessor exited: ${JSON.stringify(seen)}`);
+});
+
 test('abstract NOTIFY_SOCKET: a failed upgrade says READY=1 again; a rollback takes MAINPID back', async () => {
   const base = sandbox.dir();
   receiver = new NotifyReceiver(`\0handover-test-${process.pid}-${Date.now()}`);
@@ -104,4 +122,25 @@ test('abstract NOTIFY_SOCKET: a failed upgrade says READY=1 again; a rollback ta
   await gone(Number(firstPid));
   receiver.drain();
   assert.ok(!receiver.texts().includes('STOPPING=1'), `no STOPPING=1 from the retired predecessor: ${JSON.stringify(receiver.texts())}`);
+});
+
+test('NOTIFY_SOCKET addresses, and listener keys as FDNAMEs (printable ASCII without ":", at most 255) and back', () => {
+  assert.equal(notifyAddress('/run/systemd/notify'), '/run/systemd/notify');
+  assert.equal(notifyAddress('@/org/freedesktop/systemd1/notify/123'), '\0/org/freedesktop/systemd1/notify/123');
+  assert.equal(notifyAddress('vsock:2:1234'), undefined);
+  assert.equal(notifyAddress(''), undefined);
+  assert.equal(notifyAddress(undefined), undefined);
+  const keys = ['tcp:127.0.0.1:8080', 'tcp:[::1]:443', 'tcp:*:80', 'unix:/run/app/admin.sock', 'web', '100%:ok', 'café:☕'];
+  for (const key of keys) {
+    const name = fdName(key);
+    assert.match(name, /^[\x20-\x7e]*$/, `${key} -> ${name}`);
+    assert.ok(!name.includes(':'), name);
+    assert.equal(keyOfFdName(name), key);
+  }
+  assert.equal(fdName('tcp:127.0.0.1:8080'), 'tcp%3A127.0.0.1%3A8080');
+  assert.equal(fdName('web'), 'web', 'a name without special characters is itself');
+  assert.equal(keyOfFdName('my-server.socket'), 'my-server.socket');
+  assert.equal(keyOfFdName('50%off'), '50%off', 'a name that is not percent-encoding stays as it is');
+  assert.equal(fdName('x'.repeat(255)).length, 255);
+  assert.equal(fdName('x'.repeat(254) + ':'), undefined, 'too long once encoded');
 });
