@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // A plain node:http server that upgrades itself with zero downtime.
-//   node examples/http-server.mjs --port P [--host H] --dir D
+//   node examples/http-server.mjs --port P [--host H] --dir D [--reuse-port]
+// --reuse-port: N copies, each with its own --dir, serve one port (SO_REUSEPORT, Node >= 22.12).
 // Prints `ready pid=<pid> port=<P>` when it serves; SIGHUP upgrades; SIGTERM retires gracefully.
 // Every response is 200 with `x-pid`; GET /slow?ms=N answers after N ms.
 import http from 'node:http';
@@ -12,10 +13,11 @@ const { values } = parseArgs({
     port: { type: 'string' },
     host: { type: 'string' },
     dir: { type: 'string' },
+    'reuse-port': { type: 'boolean' },
   },
 });
 if (values.port === undefined || values.dir === undefined) {
-  console.error('usage: node examples/http-server.mjs --port P [--host H] --dir D');
+  console.error('usage: node examples/http-server.mjs --port P [--host H] --dir D [--reuse-port]');
   process.exit(2);
 }
 const port = Number(values.port);
@@ -33,7 +35,12 @@ const server = http.createServer((req, res) => {
   else answer();
 });
 
-await upgrader.listen(server, { port, host: values.host });
+try {
+  await upgrader.listen(server, { port, host: values.host, reusePort: values['reuse-port'] });
+} catch (err) {
+  log(`cannot listen (${err.code}): ${err.message}`);
+  process.exit(1);
+}
 
 process.on('SIGHUP', () => {
   upgrader.upgrade().then(

@@ -5,12 +5,13 @@
 // Serves com.example.Echo: echo(str), slow(ms) (answers after ms milliseconds), pid().
 //
 // The Bolt protocol itself is in rpc-server-core.mjs (sofa-bolt-node does the codec). What this file
-// adds is the handover adapter, both sides of it:
-//   - retiring (predecessor): every live connection stops decoding, hands over the bytes of its
-//     half-received frame and moves to the successor at once, slow calls in flight or not; their
-//     responses follow as late writes; once the last one is written, this process lets go.
+// adds is the handover protocol adapter (docs/adapters.md), both halves of it:
+//   - retiring (predecessor): a Bolt connection can move at any moment: it stops decoding and hands
+//     over the bytes of its half-received frame; responses to the calls in flight follow as late
+//     writes (Bolt matches them by id); the library lets go of this process's copy after the last.
 //   - adopting (successor): a moved connection gets a decoder fed with those bytes first.
 // Responses on a connection go out as each call finishes (out of order; Bolt matches them by id).
+import { once } from 'node:events';
 import { parseArgs } from 'node:util';
 import { createUpgrader } from 'handover';
 import { createRpcServer } from './rpc-server-core.mjs';
@@ -31,77 +32,65 @@ const log = (line) => console.error(`[rpc-server ${process.pid}] ${line}`);
 
 const upgrader = createUpgrader({ dir: values.dir });
 
-/** The connections this process decodes (accepted, adopted, or kept after a failed move). */
-const conns = new Set();
+/** The connections this process decodes (accepted, adopted, or kept after a failed move), by socket. */
+const conns = new Map();
 const server = createRpcServer({
   onConnection(conn) {
-    conns.add(conn);
-    conn.socket.once('close', () => conns.delete(conn));
+    conns.set(conn.socket, conn);
+    conn.socket.once('close', () => {
+      conns.delete(conn.socket);
+      outcome(conn.socket, 'closed');
+    });
   },
 });
 
-await upgrader.listen(server, { port, host: values.host }, {
-  // Successor side: a connection moved here from the predecessor. The socket does not read yet;
-  // `pending` is what the predecessor had read but not decoded (part of a frame): the decoder gets
-  // it first, then starts the socket reading (BoltConnection's constructor does both, in that order).
-  adopt(socket, { pending }) {
-    server.adoptConnection(socket, pending);
-  },
-});
+/** idle: resolves once every call decoded so far is answered (nothing more is decoded after detach()). */
+const idle = (conn) => (conn.inFlight === 0 ? Promise.resolve() : once(conn, 'idle'));
 
-/**
- * moveConnection hands one connection to the successor; true if it moved, false if it stays here.
- * Requests in flight need not finish first: their responses, written after the move, are late
- * writes the successor puts on the connection in order.
- */
-async function moveConnection(conn) {
-  const { socket } = conn;
-  if (socket.destroyed) return false;
-  // Stop decoding and take the half-received frame, in the same tick as transferConnection()
-  // stops the kernel reads: not one byte is decoded here after this point.
-  const leftover = conn.detach();
-  try {
-    await upgrader.transferConnection(socket, { pending: leftover, lateWrites: true });
-  } catch (err) {
-    // Refused, or the successor died before acknowledging it: the connection is still ours, as it
-    // was (the bytes the library read after detach() are back in the socket, behind `leftover`).
-    if (!socket.destroyed) conn.attach(leftover);
-    return err.code ?? 'error';
-  }
-  // The successor owns the connection. This socket object is now a forwarder: responses to the
-  // calls still in flight here go through it to the successor, which writes them.
-  conns.delete(conn);
-  letGoWhenIdle(conn);
-  return true;
+/** finish: Bolt has no "goodbye" frame: stop decoding, answer the calls in flight, then close (FIN). */
+function finish(conn) {
+  conn.detach();
+  void idle(conn).then(() => conn.socket.end(() => conn.socket.destroy()));
 }
 
-/** letGoWhenIdle closes this process's forwarder once its last late response is on its way. */
-function letGoWhenIdle(conn) {
-  const { socket } = conn;
-  const letGo = () => {
-    if (conn.inFlight > 0 || socket.destroyed) return;
-    conn.removeListener('idle', letGo);
-    // destroy() is a plain close of this process's copy: nothing reaches the client. But it would
-    // drop late writes still queued in the socket (waiting for the successor to take the previous
-    // one); end() sends those first, then closes the forwarder the same way.
-    if (socket.writableLength === 0) socket.destroy();
-    else socket.end();
-  };
-  conn.on('idle', letGo);
-  letGo();
+await upgrader.listen(server, { port, host: values.host }, {
+  protocol: {
+    // Any moment is a safe point: the half-received frame travels as `pending`.
+    prepareMove: (socket) => {
+      const conn = conns.get(socket);
+      if (!conn) return { move: 'never', reason: 'not a Bolt connection (any more)' };
+      return { move: 'now', pending: conn.detach(), lateWrites: idle(conn) };
+    },
+    resume: (socket, pending, reason) => {
+      conns.get(socket)?.attach(pending); // the leftover first, then the socket again
+      outcome(socket, reason.code);
+    },
+    moved: (socket) => {
+      conns.delete(socket);
+      outcome(socket, 'moved');
+    },
+    drain: (socket) => conns.has(socket) && finish(conns.get(socket)),
+    // Successor side: the decoder gets `pending` first, then starts the socket reading.
+    adopt: (socket, { pending }) => server.adoptConnection(socket, pending),
+  },
+});
+
+// What became of the connections of one retirement, for the log: moved, kept (why), or closed.
+let tally;
+function outcome(socket, what) {
+  if (!tally?.waiting.delete(socket)) return;
+  tally.outcomes.set(what, (tally.outcomes.get(what) ?? 0) + 1);
+  if (tally.waiting.size > 0) return;
+  const moved = tally.outcomes.get('moved') ?? 0;
+  const why = [...tally.outcomes].filter(([code]) => code !== 'moved').map(([code, n]) => `${n} ${code}`).join(', ');
+  log(`moved ${moved} connections to pid ${tally.successorPid}${moved < tally.expected ? `; ${tally.expected - moved} stay here (${why})` : ''}`);
+  tally = undefined;
 }
 
 upgrader.on('retiring', ({ successorPid }) => {
-  const moving = [...conns];
-  const calls = moving.reduce((sum, conn) => sum + conn.inFlight, 0);
-  log(`retiring: moving ${moving.length} connections (${calls} calls in flight) to pid ${successorPid}`);
-  void Promise.all(moving.map(moveConnection)).then((outcomes) => {
-    const moved = outcomes.filter((outcome) => outcome === true).length;
-    const kept = new Map();
-    for (const outcome of outcomes) if (outcome !== true) kept.set(outcome, (kept.get(outcome) ?? 0) + 1);
-    const why = [...kept].map(([code, n]) => `${n} ${code}`).join(', ');
-    log(`moved ${moved} connections to pid ${successorPid}${moved < moving.length ? `; ${moving.length - moved} stay here (${why})` : ''}`);
-  });
+  const calls = [...conns.values()].reduce((sum, conn) => sum + conn.inFlight, 0);
+  tally = { successorPid, expected: conns.size, waiting: new Set(conns.keys()), outcomes: new Map() };
+  log(`retiring: moving ${conns.size} connections (${calls} calls in flight) to pid ${successorPid}`);
 });
 
 process.on('SIGHUP', () => {
@@ -116,15 +105,7 @@ process.on('SIGTERM', async () => {
   log('SIGTERM: closing');
   upgrader.stop();
   server.close();
-  // Bolt has no "goodbye" frame: stop decoding, answer the calls in flight, then close (FIN).
-  for (const conn of conns) {
-    conn.detach();
-    const close = () => {
-      if (conn.inFlight === 0) conn.socket.end(() => conn.socket.destroy());
-    };
-    conn.on('idle', close);
-    close();
-  }
+  for (const conn of conns.values()) finish(conn);
   const report = await upgrader.waitConnectionsDone();
   log(`closed (${report.closed} connections finished, ${report.remaining} cut)`);
   process.exit(0);

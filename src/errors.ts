@@ -14,7 +14,7 @@ export type HandoverErrorCode =
   | 'ERR_HANDOVER_INVALID_ARG'
   /** The call is not allowed in the upgrader's current state (e.g. listen() after ready()). */
   | 'ERR_HANDOVER_INVALID_STATE'
-  /** This Node.js version changed an internal the package relies on. */
+  /** This Node.js version changed an internal the package relies on, or lacks a feature an option needs (reusePort before 22.12). */
   | 'ERR_HANDOVER_UNSUPPORTED_RUNTIME'
   /** The socket cannot be moved (not a TCP socket, already destroyed, no handle). */
   | 'ERR_HANDOVER_NOT_MOVABLE'

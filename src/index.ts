@@ -6,6 +6,17 @@ export type { SuccessorCommand } from './spawner';
 export type { ConnectionsReport } from './connection-tracker';
 export { registerAdapter } from './adapters/adapter';
 export type { ServerAdapter, AdapterFactory, MoveConnection } from './adapters/adapter';
+export type {
+  ProtocolAdapter,
+  ProtocolPredecessor,
+  ProtocolSuccessor,
+  MoveAnswer,
+  MoveNow,
+  MoveLater,
+  MoveNever,
+  AdoptedProtocolConnection,
+  JsonValue,
+} from './adapters/net';
 // The built-in adapters register themselves.
 import './adapters/http';
 export type { TransferOptions, AdoptHandler, AdoptedConnection } from './connections';

@@ -17,6 +17,12 @@ export interface ListenTarget {
   key?: string;
   backlog?: number;
   ipv6Only?: boolean;
+  /**
+   * Bind a fresh socket with `SO_REUSEPORT` (Node >= 22.12, Linux), so that several workers, each
+   * with its own `dir`, serve one port; each worker's socket then passes to its own successor.
+   * An inherited socket is used as it is: it already belongs to the reuseport group.
+   */
+  reusePort?: boolean;
 }
 
 /** A listening socket received from the predecessor, not yet claimed by a server. */
@@ -61,6 +67,26 @@ export function listenerKey(target: ListenTarget): { key: string; kind: Listener
   }
   const host = target.host === undefined || target.host === '' ? '*' : normaliseHost(target.host);
   return { key: `tcp:${host}:${port}`, kind: 'tcp' };
+}
+
+/** reusePortSupported tells whether `server.listen()` of this Node knows `reusePort` (22.12 and 23.1 on). */
+export function reusePortSupported(version: string = process.versions.node): boolean {
+  const [major = 0, minor = 0] = version.split('.').map(Number);
+  return major > 23 || (major === 23 && minor >= 1) || (major === 22 && minor >= 12);
+}
+
+/**
+ * checkReusePort validates `target.reusePort`. Older Nodes ignore the option without a word, so
+ * the second worker would fail with EADDRINUSE: say why instead, whether this process binds or
+ * inherits (a successor must not succeed where a fresh start fails).
+ */
+export function checkReusePort(target: ListenTarget): void {
+  if (target.reusePort === undefined || target.reusePort === false) return;
+  if (target.reusePort !== true) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', `options.reusePort must be a boolean, got ${String(target.reusePort)}`);
+  if (target.path !== undefined) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.reusePort is for TCP ports, not unix socket paths');
+  if (!reusePortSupported()) {
+    throw new HandoverError('ERR_HANDOVER_UNSUPPORTED_RUNTIME', `options.reusePort needs Node.js 22.12 or later (this is ${process.versions.node})`);
+  }
 }
 
 /**

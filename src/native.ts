@@ -115,7 +115,7 @@ export function injectBinding(wrap: ((real: Binding) => Binding) | undefined): v
   wrapped = undefined;
 }
 
-/** The addon, loaded once (prebuilds/ first, then build/Release). */
+/** The addon, loaded once: a local build (build/Release) if there is one, else the prebuilt binary (prebuilds/). */
 export function binding(): Binding {
   if (loaded === undefined) {
     // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -2,6 +2,7 @@
 import { HandoverError } from './errors';
 import type { ConnectionsReport } from './connection-tracker';
 import type { AdoptHandler } from './connections';
+import type { ProtocolAdapter } from './adapters/net';
 import type { SuccessorCommand } from './spawner';
 import { startCommand } from './start-context';
 
@@ -50,9 +51,19 @@ export interface UpgraderEvents {
 /** Per-server options of listen(). */
 export interface ListenOptions {
   /**
-   * Receives the connections this server's predecessor moved here, paused, with the bytes the
-   * predecessor had read but not processed. Without it, they are emitted as 'connection' with
-   * those bytes unshifted (right for http.Server and for protocols that decode from 'data').
+   * How this server's connections move (docs/adapters.md): the retiring process's half says, per
+   * connection, whether it can move now and with what; the successor's half adopts it. The
+   * library drives the rest (when to ask, retries, late writes, letting go, rollback). On a server
+   * a built-in adapter also handles (http.Server), both run: connections the protocol answers
+   * `later` for are left to the built-in one (a WebSocket adapter beside HTTP keep-alive).
+   */
+  protocol?: ProtocolAdapter<unknown>;
+  /**
+   * The low-level form, kept for compatibility (connections moved by hand with
+   * transferConnection()): receives the connections this server's predecessor moved here, paused,
+   * with the bytes the predecessor had read but not processed. Without it, they are emitted as
+   * 'connection' with those bytes unshifted (right for http.Server and for protocols that decode
+   * from 'data'). Not together with `protocol` (whose `adopt` replaces it).
    */
   adopt?: AdoptHandler;
 }

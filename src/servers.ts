@@ -55,6 +55,7 @@ export class ServerSet {
       if (target.host !== undefined && target.host !== '') options.host = target.host;
       if (target.backlog !== undefined) options.backlog = target.backlog;
       if (target.ipv6Only !== undefined) options.ipv6Only = target.ipv6Only;
+      if (target.reusePort === true) (options as net.ListenOptions & { reusePort?: boolean }).reusePort = true; // @types/node 20 lacks it
       await listenWith(server, options);
     }
   }

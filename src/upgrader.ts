@@ -7,7 +7,7 @@ import createDebug from 'debug';
 import { abandonControl, commitControl, prepareControl, prepareDir, releaseControlSocket, removePidFile } from './control-dir';
 import { HandoverError } from './errors';
 import { ChangeQueue, Lifecycle, type LifecycleEvent, type UpgraderState } from './lifecycle';
-import { closeFds, listenerKey, mismatch, type InheritedListener, type ListenTarget } from './listeners';
+import { checkReusePort, closeFds, listenerKey, mismatch, type InheritedListener, type ListenTarget } from './listeners';
 import { ConnectionAdopter, type TransferOptions } from './connections';
 import { ConnectionTracker, type ConnectionsReport } from './connection-tracker';
 import { PredecessorLink } from './predecessor-link';
@@ -15,6 +15,7 @@ import { systemProcesses, EXIT_GRACE_MS, waitGone, type ProcessLayer } from './s
 import { Successors, type Generation } from './successors';
 import { ServerSet } from './servers';
 import { adapterFor, setControlService } from './adapters/adapter';
+import { checkProtocol, ProtocolServerAdapter } from './adapters/net';
 import { checkTimeout, resolveOptions, type ListenOptions, type ResolvedOptions, type UpgraderEvents, type UpgraderOptions } from './options';
 import { serviceControlSockets } from './control-service';
 import { fault } from './faults';
@@ -131,7 +132,12 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'listen() needs a target: { port, host } or { path }');
     }
     if (options.adopt !== undefined && typeof options.adopt !== 'function') throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.adopt must be a function');
+    if (options.protocol !== undefined) {
+      checkProtocol(options.protocol);
+      if (options.adopt !== undefined) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.adopt and options.protocol cannot be used together (give protocol an adopt())');
+    }
     const { key, kind } = listenerKey(target);
+    checkReusePort(target);
     await this.started;
     if (this.state !== 'starting' && this.state !== 'serving') {
       throw new HandoverError('ERR_HANDOVER_INVALID_STATE', `listen() is not possible while ${this.state}`);
@@ -148,7 +154,10 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     }
     await this.servers.bind(server, target, inherited);
     this.systemd?.claimed(key, inherited?.key);
-    this.servers.add({ server, key, kind, backlog: target.backlog, adapter: adapterFor(server), adopt: options.adopt });
+    // A protocol adapter is one more ServerAdapter, run beside the built-in one of the server (if any).
+    const builtIn = adapterFor(server);
+    const protocol = options.protocol && new ProtocolServerAdapter(server, options.protocol, builtIn, { warn: (err) => this.warn(err) });
+    this.servers.add({ server, key, kind, backlog: target.backlog, adapter: protocol ?? builtIn, adopt: protocol?.adopt ?? options.adopt });
     server.on('connection', (socket: net.Socket) => this.tracker.track(socket, key));
   }
 

@@ -14,7 +14,7 @@ import { setFaultHook } from 'handover/testing';
 import { Sandbox, fdList, fixtures, get, sleep } from './helpers.mjs';
 
 const serverScript = path.join(fixtures, 'server.mjs');
-const reviewSuccessor = path.join(fixtures, 'scripted-successor.mjs');
+const rawSuccessor = path.join(fixtures, 'raw-successor.mjs');
 const sandbox = new Sandbox();
 afterEach(() => sandbox.cleanup());
 
@@ -38,7 +38,7 @@ describe('nobody serves after a successor that leaves the link and then exits', 
   test('READY acknowledged, link closed without COMMIT, successor exits 1.5 s later: the predecessor must roll back', async () => {
     const { group, dir, env } = setup();
     const first = await startFirst(group, env);
-    const peer = group.start([reviewSuccessor, path.join(dir, 'control.sock'), 'hello', 'ready', 'close', 'linger=1500']);
+    const peer = group.start([rawSuccessor, path.join(dir, 'control.sock'), 'hello', 'ready', 'close', 'linger=1500']);
     await group.waitForLine(/^ready-acked/, { since: 0 });
     await group.waitForLine(/^exiting pid=/, { since: 0 });
     await peer.exited;
@@ -55,7 +55,7 @@ describe('nobody serves after a successor that leaves the link and then exits', 
     const first = await startFirst(group, env);
     const slow = get(first.port, '/slow?ms=300');
     await new Promise((resolve) => setTimeout(resolve, 50));
-    const peer = group.start([reviewSuccessor, path.join(dir, 'control.sock'), 'hello', 'ready', 'commit', 'close', 'linger=600']);
+    const peer = group.start([rawSuccessor, path.join(dir, 'control.sock'), 'hello', 'ready', 'commit', 'close', 'linger=600']);
     await group.waitForLine(/^ready-acked/, { since: 0 });
     assert.equal((await slow).body, String(first.pid));
     await peer.exited;
@@ -94,7 +94,7 @@ describe('READY under fd pressure', () => {
     const { group, dir, env } = setup();
     const first = await startFirst(group, env);
     execFileSync('prlimit', ['--pid', String(first.pid), '--nofile=256:256']);
-    const peer = group.start([reviewSuccessor, path.join(dir, 'control.sock'), 'hello', 'sleep=1000', 'ready']);
+    const peer = group.start([rawSuccessor, path.join(dir, 'control.sock'), 'hello', 'sleep=1000', 'ready']);
     await group.waitForLine(/^listeners n=1/, { since: 0 });
     process.kill(first.pid, 'SIGUSR1');
     await group.waitForLine(/^fds exhausted/, { since: 0 });
@@ -136,7 +136,7 @@ describe('stop() while retiring', () => {
       upgrader.stop();
     });
     try {
-      const peer = group.start([reviewSuccessor, path.join(dir, 'control.sock'), 'hello', 'ready', 'adopt']);
+      const peer = group.start([rawSuccessor, path.join(dir, 'control.sock'), 'hello', 'ready', 'adopt']);
       await group.waitForLine(/^adopted n=1/, { since: 0 });
       await sleep(100);
       assert.equal(upgrader.state, 'stopped');

@@ -1,7 +1,10 @@
 // Drive wrk (a real client that counts every failed request) and parse its report.
 import { spawn } from 'node:child_process';
 
-/** runWrk runs wrk for `duration` seconds and resolves with its counts. */
+/**
+ * runWrk runs wrk for `duration` seconds (or until `stop()`: SIGINT makes wrk stop and report) and
+ * resolves with its counts.
+ */
 export function runWrk({ url, connections = 16, threads = 2, duration = 10, headers = [], script }) {
   const args = [`-t${threads}`, `-c${connections}`, `-d${duration}s`, '--latency'];
   for (const header of headers) args.push('-H', header);
@@ -18,7 +21,8 @@ export function runWrk({ url, connections = 16, threads = 2, duration = 10, head
       resolve(parseWrk(out));
     });
   });
-  return { child, result };
+  const stop = () => child.exitCode === null && child.signalCode === null && child.kill('SIGINT');
+  return { child, result, stop };
 }
 
 export function parseWrk(out) {
