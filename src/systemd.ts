@@ -111,10 +111,15 @@ export function takeListenFds(env: NodeJS.ProcessEnv, pid: number): { listeners:
   return { listeners, problems };
 }
 
+/** isListening: a listening stream socket (a datagram socket or a connection cannot serve listen()). */
+function isListening(listener: ActivatedListener): boolean {
+  return listener.info.type === 'stream' && listener.info.listening;
+}
+
 /** serves tells whether an activated listener is bound where `target` asks to listen. */
 function serves(listener: ActivatedListener, target: ListenTarget): boolean {
   const { info } = listener;
-  if (info.type !== 'stream' || !info.listening) return false;
+  if (!isListening(listener)) return false;
   if (target.path !== undefined) return info.family === 'unix' && info.path === target.path;
   if (!target.port || (info.family !== 'inet' && info.family !== 'inet6') || info.port !== target.port || info.address === undefined) return false;
   if (target.host === undefined || target.host === '') return info.address === '0.0.0.0' || info.address === '::';
@@ -187,7 +192,7 @@ export class Systemd {
    * own key, say `web` for FileDescriptorName=web), else the one bound to its address.
    */
   take(key: string, target: ListenTarget): InheritedListener | undefined {
-    let index = this.activated.findIndex((listener) => listener.key === key);
+    let index = this.activated.findIndex((listener) => listener.key === key && isListening(listener));
     if (index < 0) index = this.activated.findIndex((listener) => serves(listener, target));
     if (index < 0) return undefined;
     const [listener] = this.activated.splice(index, 1);

@@ -8,7 +8,9 @@ import * as net from 'node:net';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { Sandbox, fixtures, get, waitUntil } from './helpers.mjs';
-import { startCommand } from './systemd-helpers.mjs';
+import * as fs from 'node:fs';
+import { binding } from '../dist/native.js';
+import { startCommand, startWithListenFds } from './systemd-helpers.mjs';
 
 const fixture = path.join(fixtures, 'systemd-server.mjs');
 const sandbox = new Sandbox();
@@ -71,4 +73,24 @@ test('LISTEN_FDS meant for another pid is ignored, with a warning, and unset', a
   assert.equal(after, 'none');
   assert.ok(group.lines.some((l) => /^warning code=ERR_HANDOVER_SYSTEMD LISTEN_FDS=1 is for pid 1, not this process/.test(l)), group.lines.join('\n'));
   assert.equal((await get(Number(port))).body, pid, 'it bound a socket of its own');
+});
+
+test('LISTEN_FDS that cannot serve listen(): a file is closed with a warning, a datagram socket named like the key is left unclaimed and closed at ready()', async () => {
+  const base = sandbox.dir();
+  const file = fs.openSync(path.join(base, 'not-a-socket'), 'w');
+  const datagram = binding().unixDatagramBind(path.join(base, 'dgram.sock'));
+  try {
+    const group = sandbox.group();
+    startWithListenFds(group, [fixture], { fds: [file, datagram], names: ['stray', 'api'], env: { HANDOVER_DIR: path.join(base, 'ctl'), KEY: 'api' } });
+    const [, pid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+) gen=first listen-fds-before=2 listen-fds-after=none/, { since: 0 });
+    assert.ok(group.lines.some((l) => /^warning code=ERR_HANDOVER_SYSTEMD fd 3 \(stray\) of LISTEN_FDS is not a socket/.test(l)), group.lines.join('\n'));
+    assert.equal((await get(Number(port))).body, pid, 'it bound a socket of its own for "api"');
+    const held = fs.readdirSync(`/proc/${pid}/fd`).map((fd) => { try { return fs.readlinkSync(`/proc/${pid}/fd/${fd}`); } catch { return ''; } });
+    assert.ok(!held.includes(path.join(base, 'not-a-socket')), 'the file is closed');
+    const datagramInode = fs.readlinkSync(`/proc/self/fd/${datagram}`);
+    assert.ok(!held.includes(datagramInode), `the datagram socket (${datagramInode}) is closed: ${held.join(' ')}`);
+  } finally {
+    fs.closeSync(file);
+    binding().close(datagram);
+  }
 });
