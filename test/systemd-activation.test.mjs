@@ -7,8 +7,9 @@ import assert from 'node:assert/strict';
 import * as net from 'node:net';
 import * as http from 'node:http';
 import * as path from 'node:path';
-import { Sandbox, fixtures, get, waitUntil } from './helpers.mjs';
+import { Sandbox, root, fixtures, get, waitUntil } from './helpers.mjs';
 import * as fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { binding } from '../dist/native.js';
 import { startCommand, startWithListenFds } from './systemd-helpers.mjs';
 
@@ -93,4 +94,18 @@ test('LISTEN_FDS that cannot serve listen(): a file is closed with a warning, a 
     fs.closeSync(file);
     binding().close(datagram);
   }
+});
+
+test('the sample units of examples/systemd parse (systemd-analyze verify)', () => {
+  const dir = sandbox.dir();
+  // Copies whose ExecStart= names this machine's node (verify checks that the command exists).
+  for (const name of fs.readdirSync(path.join(root, 'examples', 'systemd'))) {
+    fs.writeFileSync(path.join(dir, name), fs.readFileSync(path.join(root, 'examples', 'systemd', name), 'utf8').replaceAll('/usr/bin/node', process.execPath));
+  }
+  fs.copyFileSync(path.join(dir, 'my-worker@.service'), path.join(dir, 'my-worker@1.service'));
+  const verify = (unit) => execFileSync('sh', ['-c', 'systemd-analyze verify --man=no "$0" 2>&1', path.join(dir, unit)], { encoding: 'utf8' });
+  for (const unit of ['my-server.service', 'my-worker.socket', 'my-worker@1.service']) assert.equal(verify(unit), '', unit);
+  // A unit with a mistake is caught, so silence means something.
+  fs.writeFileSync(path.join(dir, 'broken.service'), '[Service]\nType=notfy\nExecStart=/bin/true\n');
+  assert.match(verify('broken.service'), /Failed to parse service type/);
 });
