@@ -11,6 +11,7 @@ import { writeFileSync } from 'node:fs';
 import { Sandbox, root, fixtures, get } from './helpers.mjs';
 import { NotifyReceiver, gone } from './systemd-helpers.mjs';
 import { fdName, keyOfFdName, notifyAddress } from '../dist/systemd.js';
+import { createUpgrader } from 'handover';
 
 const example = path.join(root, 'examples', 'http-server.mjs');
 const sandbox = new Sandbox();
@@ -143,4 +144,16 @@ test('NOTIFY_SOCKET addresses, and listener keys as FDNAMEs (printable ASCII wit
   assert.equal(keyOfFdName('50%off'), '50%off', 'a name that is not percent-encoding stays as it is');
   assert.equal(fdName('x'.repeat(255)).length, 255);
   assert.equal(fdName('x'.repeat(254) + ':'), undefined, 'too long once encoded');
+});
+
+test('options.systemd false: nothing is said to NOTIFY_SOCKET and LISTEN_* stay for the application', async () => {
+  const base = sandbox.dir();
+  receiver = new NotifyReceiver(path.join(base, 'notify.sock'));
+  const group = sandbox.group();
+  group.start([path.join(fixtures, 'systemd-server.mjs')], { env: { NOTIFY_SOCKET: receiver.notifySocket, FDSTORE: '4', LISTEN_FDS: '0', LISTEN_PID: '1', HANDOVER_DIR: path.join(base, 'ctl'), HANDOVER_SYSTEMD: '0' } });
+  await group.waitForLine(/^ready pid=\d+ port=\d+ gen=first listen-fds-before=0 listen-fds-after=0$/, { since: 0 });
+  // READY=1 would have been queued before the ready line was printed.
+  receiver.drain();
+  assert.deepEqual(receiver.texts(), []);
+  assert.throws(() => createUpgrader({ dir: path.join(base, 'other'), systemd: 'yes' }), { code: 'ERR_HANDOVER_INVALID_ARG', message: 'options.systemd must be a boolean, got yes' });
 });
