@@ -4,6 +4,8 @@
 //   opening a new connection per request.
 //   RPC (examples/rpc-server.mjs, SOFA Bolt): 4 sofa-rpc-node clients, one TCP connection each,
 //   calling echo() and slow(200) without pause, so calls are in flight at every upgrade.
+//   WebSocket (examples/ws-server.mjs): 8 `ws` clients, each sending a numbered message every 50 ms
+//   and checking its echoes (once each, in order) and its ticks (no gap).
 // Every failed request or call is counted; the pid in each answer shows who served it.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -13,6 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { openClients, summary } from '../bench/lib/ws-load.mjs';
 
 const require = createRequire(import.meta.url);
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -126,13 +129,17 @@ async function rpcLoop(consumer, method) {
 
 const web = startExample('http-server');
 const rpc = startExample('rpc-server');
+const wsx = startExample('ws-server');
 await web.until(() => web.generations.length >= 1);
 await rpc.until(() => rpc.generations.length >= 1);
+await wsx.until(() => wsx.generations.length >= 1);
 const webPort = web.generations[0].port;
 const rpcPort = rpc.generations[0].port;
-console.log(`handover demo: HTTP server pid ${web.generations[0].pid} on 127.0.0.1:${webPort}, Bolt RPC server pid ${rpc.generations[0].pid} on 127.0.0.1:${rpcPort}`);
+const wsPort = wsx.generations[0].port;
+console.log(`handover demo: HTTP server pid ${web.generations[0].pid} on 127.0.0.1:${webPort}, Bolt RPC server pid ${rpc.generations[0].pid} on 127.0.0.1:${rpcPort}, WebSocket server pid ${wsx.generations[0].pid} on 127.0.0.1:${wsPort}`);
 console.log('load: HTTP 16 keep-alive connections + 4 clients opening a new connection per request;');
-console.log('      RPC 4 sofa-rpc-node clients (one connection each) calling echo() and slow(200)\n');
+console.log('      RPC 4 sofa-rpc-node clients (one connection each) calling echo() and slow(200);');
+console.log(`      WebSocket 8 ws clients sending a message every 50 ms (open http://127.0.0.1:${wsPort}/ to watch one ride along)\n`);
 
 const keepAliveAgent = new http.Agent({ keepAlive: true, maxSockets: 16 });
 const loops = [];
@@ -140,26 +147,38 @@ for (let i = 0; i < 16; i++) loops.push(httpLoop(webPort, keepAliveAgent, 'keepA
 for (let i = 0; i < 4; i++) loops.push(httpLoop(webPort, false, 'fresh'));
 const rpcClients = await Promise.all([0, 1, 2, 3].map(() => rpcClient(rpcPort)));
 for (const { consumer } of rpcClients) loops.push(rpcLoop(consumer, 'echo'), rpcLoop(consumer, 'slow'), rpcLoop(consumer, 'slow'));
+const wsClients = await openClients(`ws://127.0.0.1:${wsPort}/ws`, 8);
+const wsPorts = wsClients.map((c) => c.localPort);
+for (const c of wsClients) c.start();
 await sleep(1000);
 
 for (let i = 1; i <= UPGRADES; i++) {
   const started = Date.now();
-  const from = { web: web.generations.at(-1).pid, rpc: rpc.generations.at(-1).pid };
+  const from = { web: web.generations.at(-1).pid, rpc: rpc.generations.at(-1).pid, ws: wsx.generations.at(-1).pid };
   process.kill(from.web, 'SIGHUP');
   process.kill(from.rpc, 'SIGHUP');
+  process.kill(from.ws, 'SIGHUP');
   await web.until(() => web.retirements.has(from.web));
   await rpc.until(() => rpc.retirements.has(from.rpc));
+  await wsx.until(() => wsx.retirements.has(from.ws));
+  const wsNow = summary(wsClients, wsPorts);
   console.log(
     `upgrade ${i}/${UPGRADES} (${Date.now() - started} ms): ` +
       `HTTP pid ${from.web} -> ${web.generations.at(-1).pid}, ${web.retirements.get(from.web)} connections moved; ` +
       `RPC pid ${from.rpc} -> ${rpc.generations.at(-1).pid}, ${rpc.retirements.get(from.rpc)} connections moved; ` +
-      `${httpStats.requests + rpcStats.calls} requests and calls so far, ${httpStats.failed + rpcStats.failed} failed`,
+      `WebSocket pid ${from.ws} -> ${wsx.generations.at(-1).pid}, ${wsx.retirements.get(from.ws)} moved; ` +
+      `${httpStats.requests + rpcStats.calls + wsNow.echoed} requests, calls and messages so far, ${httpStats.failed + rpcStats.failed + wsNow.closes} failed`,
   );
   await sleep(1000);
 }
 stopping = true;
 await Promise.all(loops);
 keepAliveAgent.destroy();
+for (const c of wsClients) c.stop();
+const wsDeadline = Date.now() + 5000;
+while (!wsClients.every((c) => c.allEchoed || c.closes.length > 0) && Date.now() < wsDeadline) await sleep(50);
+const wsResult = summary(wsClients, wsPorts);
+const lastWsPid = await wsClients[0].askPid().catch(() => 'no answer');
 const rpcPortsKept = rpcClients.filter(({ connection, localPort }) => connection._socket.localPort === localPort && !connection._socket.destroyed).length;
 const lastRpcPid = await rpcClients[0].consumer.invoke('pid', []);
 
@@ -170,5 +189,8 @@ console.log(`  HTTP requests:     ${httpStats.requests} (${httpStats.keepAlive} 
 console.log(`  keep-alive:        the client opened ${keepAlivePorts.size} connections in all (16 means not one was dropped and reopened)`);
 console.log(`  RPC calls:         ${rpcStats.calls} (${rpcStats.slow} slow ones, in flight across upgrades), failed: ${rpcStats.failed}${kinds(rpcStats.kinds)}`);
 console.log(`  RPC connections:   ${rpcPortsKept} of 4 are the very same TCP connections as at the start; pid() now answers ${lastRpcPid}`);
+console.log(`  WebSocket:         ${wsResult.sent} messages sent, ${wsResult.echoed} echoed (each once, in order), ${wsResult.ticks} ticks without a gap, ${wsResult.closes} closes; \`pid\` now answers ${lastWsPid}`);
+if (wsResult.problems.length > 0) console.log(`  WebSocket problems: ${wsResult.problems.join('; ')}`);
 for (const { client } of rpcClients) client.close();
-process.exit(httpStats.failed + rpcStats.failed === 0 ? 0 : 1);
+for (const c of wsClients) c.close();
+process.exit(httpStats.failed + rpcStats.failed + wsResult.problems.length === 0 ? 0 : 1);

@@ -86,6 +86,9 @@ export class HttpAdapter implements ServerAdapter {
     this.retiring = true;
     this.move = move;
     for (const session of this.sessions) session.close();
+    // An upgraded connection (a WebSocket) speaks another protocol now: the adapter of that protocol
+    // moves or drains it (handover/ws, given to listen() as `protocol`), never this one.
+    for (const socket of this.sockets) if (!httpParser(socket)) this.forget(socket);
     if (this.move && this.canMove) {
       // Everything idle now moves now, in the same batches as the other servers' connections
       // (retirement starts every adapter in one turn); the rest at their next message boundary.
@@ -177,7 +180,8 @@ export class HttpAdapter implements ServerAdapter {
     }
     const parser = httpParser(socket);
     if (!parser) {
-      this.release(socket); // upgraded meanwhile
+      this.release(socket); // upgraded meanwhile: its new protocol's adapter takes it from here
+      this.forget(socket);
       return;
     }
     if (idleParsers.has(parser) || socket.bytesRead === 0) this.transfer(socket, entry);
