@@ -1,6 +1,6 @@
 // N-API glue for fdpass: checks arguments and turns results into JS values and failures into
-// Node-shaped errors (helpers in glue.cc). The syscalls live in fdpass.cc, the uv_poll_t
-// readiness watchers in poller.cc.
+// Node-shaped errors (helpers in glue.cc). The syscalls live in fdpass.cc (sd_notify's datagram in
+// notify.cc), the uv_poll_t readiness watchers in poller.cc.
 #include <napi.h>
 
 #include <climits>
@@ -180,6 +180,31 @@ Napi::Value SetNonBlocking(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value Notify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  Napi::Buffer<uint8_t> data;
+  int fds[fdpass::kMaxFdsPerMessage];
+  size_t fdCount = 0;
+  int64_t timeoutMs = 0;
+  if (!GetSocketPath(env, info[0], &path)) return env.Undefined();
+  if (!GetBuffer(env, info[1], "data", &data)) return env.Undefined();
+  if (!GetFdList(env, info[2], fds, &fdCount)) return env.Undefined();
+  if (!GetInteger(env, info[3], "timeoutMs", 1, 60000, &timeoutMs)) return env.Undefined();
+  fdpass::Result result = fdpass::NotifySend(path.data(), path.size(), data.Data(), data.Length(), fds, fdCount, static_cast<int>(timeoutMs));
+  if (result.err != 0) return ThrowSystemError(env, result, &path);
+  return Napi::Number::New(env, static_cast<double>(result.value));
+}
+
+Napi::Value UnixDatagramBind(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  if (!GetSocketPath(env, info[0], &path)) return env.Undefined();
+  fdpass::Result result = fdpass::UnixDatagramBind(path.data(), path.size());
+  if (result.err != 0) return ThrowSystemError(env, result, &path);
+  return Napi::Number::New(env, static_cast<double>(result.value));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   poller::Init(env);
 
@@ -197,6 +222,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dup", Napi::Function::New<Dup>(env, "dup"));
   exports.Set("close", Napi::Function::New<Close>(env, "close"));
   exports.Set("setNonBlocking", Napi::Function::New<SetNonBlocking>(env, "setNonBlocking"));
+  exports.Set("notify", Napi::Function::New<Notify>(env, "notify"));
+  exports.Set("unixDatagramBind", Napi::Function::New<UnixDatagramBind>(env, "unixDatagramBind"));
   exports.Set("createPoller", Napi::Function::New<poller::CreatePoller>(env, "createPoller"));
   return exports;
 }

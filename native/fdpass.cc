@@ -66,6 +66,11 @@ int OpenUnixSocket(int type, bool nonBlocking) {
 #endif
 }
 
+// Room for the most fds any message may carry; the kernel is told less when the caller wants less.
+constexpr size_t kControlBytes = CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage);
+
+}  // namespace
+
 // Fills a sockaddr_un from path bytes; 0 or -errno. A leading NUL is an abstract name (Linux):
 // its length is the address length, with no terminator.
 int FillUnixAddress(const char* path, size_t length, sockaddr_un* address, socklen_t* addressLength) {
@@ -82,11 +87,6 @@ int FillUnixAddress(const char* path, size_t length, sockaddr_un* address, sockl
   *addressLength = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + length + (abstract ? 0 : 1));
   return 0;
 }
-
-// Room for the most fds any message may carry; the kernel is told less when the caller wants less.
-constexpr size_t kControlBytes = CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage);
-
-}  // namespace
 
 Result SeqpacketPair(int fds[2]) {
 #ifdef __linux__

@@ -3,7 +3,9 @@
 // integers and byte ranges and reports failure as a negative errno plus the syscall that failed.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -65,6 +67,18 @@ Result UnixStreamListen(const char* path, size_t length, int backlog);
 Result UnixStreamConnect(const char* path, size_t length);
 Result UnixListen(int type, const char* path, size_t length, int backlog);
 Result UnixConnect(int type, const char* path, size_t length);
+
+// Fills a sockaddr_un from path bytes; 0 or -errno. A leading NUL names an abstract socket (Linux).
+int FillUnixAddress(const char* path, size_t length, sockaddr_un* address, socklen_t* addressLength);
+
+// sendmsg(2) of one datagram to the unix socket at path (a leading NUL: an abstract name) from a
+// fresh, unbound SOCK_DGRAM socket, with fdCount fds attached (SCM_RIGHTS): sd_notify(3) without
+// libsystemd. Blocks at most timeoutMs when the receiver's queue is full (then EAGAIN). In notify.cc.
+Result NotifySend(const char* path, size_t length, const void* data, size_t dataLength, const int* fds, size_t fdCount, int timeoutMs);
+
+// A non-blocking, close-on-exec SOCK_DGRAM socket bound at path: the receiving end of NotifySend
+// (a service manager, or a test playing one). value is the fd. In notify.cc.
+Result UnixDatagramBind(const char* path, size_t length);
 
 // accept(2) with the new fd non-blocking and close-on-exec; kWouldBlock when nothing is pending.
 Result Accept(int fd);

@@ -29,7 +29,9 @@ export type HandoverErrorCode =
   /** The successor could not be started (spawn failed). */
   | 'ERR_UPGRADE_SPAWN_FAILED'
   /** The upgrader was stopped while the operation was pending. */
-  | 'ERR_HANDOVER_STOPPED';
+  | 'ERR_HANDOVER_STOPPED'
+  /** systemd could not be notified, or its LISTEN_FDS were not for this process or malformed. */
+  | 'ERR_HANDOVER_SYSTEMD';
 
 /** HandoverError is the single error class thrown or emitted by handover, so callers can switch on `code`. */
 export class HandoverError extends Error {

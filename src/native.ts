@@ -77,6 +77,15 @@ export interface Binding {
   dup(fd: number): number;
   close(fd: number): void;
   setNonBlocking(fd: number, on: boolean): void;
+  /**
+   * sd_notify(3) without libsystemd: sends `data` as one datagram, with `fds` attached (SCM_RIGHTS),
+   * to the unix socket at `path` (a leading '\0' names an abstract socket) from a fresh unbound
+   * SOCK_DGRAM socket. Blocks at most `timeoutMs` while the receiver's queue is full (then EAGAIN).
+   * Returns the bytes sent.
+   */
+  notify(path: string, data: Buffer, fds: readonly number[], timeoutMs: number): number;
+  /** A non-blocking, close-on-exec SOCK_DGRAM socket bound at `path`: the receiving end of notify() (tests play systemd with it). */
+  unixDatagramBind(path: string): number;
   /** A readiness watcher on fd (uv_poll_t on the main loop). */
   createPoller(fd: number, callback: PollCallback): Poller;
 }

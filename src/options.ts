@@ -4,6 +4,7 @@ import type { ConnectionsReport } from './connection-tracker';
 import type { AdoptHandler } from './connections';
 import type { ProtocolAdapter } from './adapters/net';
 import type { SuccessorCommand } from './spawner';
+import { startCommand } from './start-context';
 
 export interface UpgraderOptions {
   /** The control directory shared by every generation (created 0700). Required. */
@@ -12,10 +13,20 @@ export interface UpgraderOptions {
   readyTimeout?: number;
   /** How long a retiring process waits for its connections before it retires anyway. Default 30 000 ms. */
   gracefulTimeout?: number;
-  /** What upgrade() starts. */
+  /**
+   * What upgrade() starts. Default: this program again (execPath, execArgv, argv, env), from the
+   * logical directory it was started in ($PWD when it names the working directory: a deploy that
+   * re-points a `current` symlink upgrades to the new release), with the script resolved there.
+   */
   command?: SuccessorCommand;
   /** uids allowed to take over. Default: this process's own uid. */
   allowedUids?: readonly number[];
+  /**
+   * Talk to systemd where its environment says it runs the process ($NOTIFY_SOCKET, $LISTEN_FDS,
+   * $FDSTORE; see docs/systemd.md). Default true; false leaves all three alone (a supervisor of
+   * your own that speaks to systemd itself).
+   */
+  systemd?: boolean;
 }
 
 export interface UpgraderEvents {
@@ -63,6 +74,7 @@ export interface ResolvedOptions {
   gracefulTimeout: number;
   command: SuccessorCommand;
   allowedUids: ReadonlySet<number>;
+  systemd: boolean;
 }
 
 const DEFAULT_READY_TIMEOUT = 10_000;
@@ -88,14 +100,14 @@ export function resolveOptions(options: UpgraderOptions): Omit<ResolvedOptions, 
     throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.allowedUids must be an array of uids');
   }
   const allowedUids = new Set(options.allowedUids ?? [process.getuid?.() ?? 0]);
-  const command = options.command ?? {
-    file: process.execPath,
-    args: [...process.execArgv, ...process.argv.slice(1)],
-    cwd: process.cwd(),
-    env: process.env,
-  };
+  if (options.systemd !== undefined && typeof options.systemd !== 'boolean') {
+    throw new HandoverError('ERR_HANDOVER_INVALID_ARG', `options.systemd must be a boolean, got ${String(options.systemd)}`);
+  }
+  // This very program, started again from the directory it was started in (the logical one: a
+  // symlink-swap deploy runs the new release) with this process's environment.
+  const command = options.command ?? { ...startCommand(), env: process.env };
   if (typeof command.file !== 'string' || command.file.length === 0) {
     throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.command.file must be a non-empty string');
   }
-  return { dir: options.dir, readyTimeout, gracefulTimeout, command, allowedUids };
+  return { dir: options.dir, readyTimeout, gracefulTimeout, command, allowedUids, systemd: options.systemd ?? true };
 }

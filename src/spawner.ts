@@ -5,6 +5,7 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import * as fs from 'node:fs';
 import createDebug from 'debug';
 import { HandoverError } from './errors';
+import { startDirectory } from './start-context';
 
 const debug = createDebug('handover:spawner');
 
@@ -12,6 +13,7 @@ const debug = createDebug('handover:spawner');
 export interface SuccessorCommand {
   file: string;
   args?: readonly string[];
+  /** Default: the logical directory this process was started in (see start-context.ts). */
   cwd?: string;
   env?: NodeJS.ProcessEnv;
   /** The successor's stdio. Default 'inherit': it writes where this process writes. */
@@ -110,8 +112,10 @@ export class SpawnedSuccessor extends EventEmitter<{ failed: [HandoverError] }> 
     this.timer = setTimeout(() => this.fail(new HandoverError('ERR_UPGRADE_READY_TIMEOUT', `the successor was not ready within ${readyTimeout} ms`)), readyTimeout);
     const { file, args = [], cwd, env, stdio = 'inherit' } = command;
     let child: ChildProcess | undefined;
+    const directory = cwd ?? startDirectory();
+    debug('starting the successor in %s: %s %s', directory, file, args.join(' '));
     try {
-      child = os.spawn(file, args, { cwd: cwd ?? process.cwd(), env: env ?? process.env, stdio, detached: true });
+      child = os.spawn(file, args, { cwd: directory, env: env ?? process.env, stdio, detached: true });
     } catch (err) {
       child = undefined;
       // Emitted after the constructor returns, so the owner has subscribed.

@@ -21,6 +21,7 @@ import { checkTimeout, resolveOptions, type ListenOptions, type ResolvedOptions,
 import { serviceControlSockets } from './control-service';
 import { fault } from './faults';
 import { runtimeCapabilities } from './runtime';
+import { Systemd } from './systemd';
 
 const debug = createDebug('handover:upgrader');
 
@@ -46,6 +47,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   private readyPromise: Promise<void> | undefined;
   private predecessor: PredecessorLink | undefined;
   private readonly successors: Successors;
+  private readonly systemd: Systemd | undefined;
 
   constructor(options: UpgraderOptions, private readonly os: ProcessLayer = systemProcesses) {
     super();
@@ -72,6 +74,12 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       transition: (event) => this.transition(event),
     };
     this.successors = new Successors(this.generation);
+    if (settings.systemd) {
+      // The fd store keeps the stream listeners (UDP sockets are not stored yet).
+      const streamServers = () => [...this.servers.values()].flatMap((entry) => (entry.server instanceof net.Server ? [{ key: entry.key, server: entry.server }] : []));
+      this.systemd = new Systemd(process.env, { servers: streamServers, upgradePending: () => this.successors.upgradePending, warn: (err) => this.warn(err) });
+      this.systemd.follow(this);
+    }
     this.started = this.start();
     // Errors surface through listen()/ready()/inheritListeners(); never as an unhandled rejection.
     this.started.catch(() => undefined);
@@ -145,6 +153,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     if (this.servers.has(key)) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', `a server already listens on ${key}`);
     let inherited = this.inherited.get(key) ?? this.inheritedByAddress(target, transport);
     if (inherited) this.inherited.delete(inherited.key);
+    else if (!datagram) inherited = this.systemd?.take(key, target); // socket activation hands over listening stream sockets only
     const wrong = inherited && (mismatch(inherited, target, transport) ?? (datagram && wrongFamily(server, inherited)));
     if (inherited && wrong) {
       closeFds([inherited.fd]);
@@ -152,6 +161,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       inherited = undefined;
     }
     await this.servers.bind(server, target, inherited);
+    this.systemd?.claimed(key, inherited?.key);
     if (server instanceof dgram.Socket) {
       this.servers.add({ server, key, kind, backlog: undefined, adapter: undefined, adopt: undefined });
       return;
@@ -219,6 +229,8 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       await predecessor?.abort(`cannot take over the control directory: ${(err as Error).message}`);
       throw new HandoverError('ERR_HANDOVER_DIR_UNSAFE', `cannot take over ${this.dir}: ${(err as Error).message}`, { cause: err });
     }
+    // MAINPID and READY reach systemd before COMMIT lets the predecessor finish and exit.
+    this.systemd?.ready([...this.inherited.keys()]);
     if (predecessor) {
       fault('control-taken', 'successor', predecessor.peerPid);
       predecessor.commit();
@@ -263,7 +275,9 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
 
   /** upgrade starts a successor and resolves with its pid once it is ready (this process then retires). */
   upgrade(): Promise<number> {
-    return this.successors.upgrade();
+    const upgrading = this.successors.upgrade();
+    if (this.successors.upgradePending) this.systemd?.upgradeStarted();
+    return upgrading;
   }
 
   /** transferConnection moves one live connection to the successor (while retiring); see docs/moving.md. */
@@ -286,6 +300,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
    */
   stop(): void {
     if (this.state === 'stopped') return;
+    this.systemd?.stopping();
     this.lifecycle.apply('stop');
     this.successors.stop();
     // A successor that stops its upgrader still serves: say so, so that the predecessor never rolls back.

@@ -170,9 +170,57 @@ function udpSocketFd(port) {
 describe('exports', () => {
   test('match the Binding interface', () => {
     assert.equal(native.MAX_FDS_PER_MESSAGE, 253);
-    const functions = ['seqpacketPair', 'seqpacketListen', 'seqpacketConnect', 'unixStreamListen', 'unixStreamConnect', 'accept', 'sendmsg', 'recvmsg', 'peerCredentials', 'socketInfo', 'dup', 'close', 'setNonBlocking', 'createPoller'];
+    const functions = ['seqpacketPair', 'seqpacketListen', 'seqpacketConnect', 'unixStreamListen', 'unixStreamConnect', 'accept', 'sendmsg', 'recvmsg', 'peerCredentials', 'socketInfo', 'dup', 'close', 'setNonBlocking', 'notify', 'unixDatagramBind', 'createPoller'];
     for (const name of functions) assert.equal(typeof native[name], 'function', name);
     assert.deepEqual(Object.keys(native).sort(), ['MAX_FDS_PER_MESSAGE', ...functions].sort());
+  });
+});
+
+describe('notify, unixDatagramBind', () => {
+  fdTest('one datagram to a path or an abstract name, with fds attached; ENOENT where nobody listens', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'handover-native-'));
+    const socketPath = path.join(dir, 'notify.sock');
+    const receiver = native.unixDatagramBind(socketPath);
+    assert.deepEqual(native.socketInfo(receiver), { type: 'dgram', family: 'unix', listening: false, path: socketPath });
+    const buffer = Buffer.alloc(256);
+    assert.equal(native.notify(socketPath, Buffer.from('READY=1'), [], 1000), 7);
+    const first = native.recvmsg(receiver, buffer, 4);
+    assert.deepEqual([buffer.toString('utf8', 0, first.bytes), first.fds], ['READY=1', []]);
+    const file = fs.openSync(fileURLToPath(import.meta.url), 'r');
+    native.notify(socketPath, Buffer.from('FDSTORE=1\nFDNAME=x'), [file], 1000);
+    const second = native.recvmsg(receiver, buffer, 4);
+    assert.equal(buffer.toString('utf8', 0, second.bytes), 'FDSTORE=1\nFDNAME=x');
+    assert.equal(second.fds.length, 1);
+    assert.equal(fs.fstatSync(second.fds[0]).ino, fs.fstatSync(file).ino, 'the fd arrived with the message');
+    closeAll([second.fds[0], file]);
+    const abstract = `\0handover-native-${process.pid}-${Date.now()}`;
+    const abstractReceiver = native.unixDatagramBind(abstract);
+    native.notify(abstract, Buffer.from('STOPPING=1'), [], 1000);
+    const third = native.recvmsg(abstractReceiver, buffer, 4);
+    assert.equal(buffer.toString('utf8', 0, third.bytes), 'STOPPING=1');
+    assert.equal(native.recvmsg(receiver, buffer, 4), null, 'nothing else arrived');
+    closeAll([receiver, abstractReceiver]);
+    assert.throws(() => native.notify(path.join(dir, 'nobody.sock'), Buffer.from('READY=1'), [], 1000), { code: 'ENOENT', syscall: 'sendmsg' });
+    assert.throws(() => native.notify(socketPath, Buffer.from('READY=1'), [], 0), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => native.notify(socketPath, 'READY=1', [], 1000), { code: 'ERR_INVALID_ARG_TYPE' });
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  fdTest('a receiver whose queue is full: the send gives up after timeoutMs with EAGAIN', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'handover-native-'));
+    const socketPath = path.join(dir, 'notify.sock');
+    const receiver = native.unixDatagramBind(socketPath);
+    let error;
+    for (let sent = 0; sent < 100_000 && error === undefined; sent++) {
+      try {
+        native.notify(socketPath, Buffer.alloc(1024), [], 20);
+      } catch (err) {
+        error = err;
+      }
+    }
+    assert.equal(error?.code, 'EAGAIN');
+    closeAll([receiver]);
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 });
 
