@@ -7,7 +7,6 @@ import type { FdChannel } from './channel';
 import { CONTROL_SOCKET, removeStaleSocket } from './control-dir';
 import { HandoverError, isHandoverError, type HandoverErrorCode } from './errors';
 import { accepts, FROM_PREDECESSOR, type LinkPhase } from './lifecycle';
-import { readyCredit } from './connections';
 import { closeFds, describeFd, type InheritedListener } from './listeners';
 import { isNativeError } from './native';
 import { PROTOCOL_VERSION, type Message } from './protocol';
@@ -127,6 +126,8 @@ export class PredecessorLink {
     let reply;
     try {
       if (!session.isClosed) {
+        // Loaded here, not at import: a first generation never loads the connection adopter (start-up cost).
+        const { readyCredit } = require('./connections') as typeof import('./connections');
         await session.send({ type: 'READY', pid: process.pid, ...readyCredit() });
         fault('ready-sent', 'successor', this.peerPid);
       }

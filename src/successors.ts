@@ -11,7 +11,7 @@ import type { TransferOptions } from './connections';
 import type { ConnectionsReport, ConnectionTracker } from './connection-tracker';
 import { probeGeneration, SuccessorLink, type LinkEnd } from './successor-link';
 import { SpawnedSuccessor, EXIT_GRACE_MS, waitGone, type ProcessLayer } from './spawner';
-import { Retirement } from './retirement';
+import type { Retirement } from './retirement';
 import type { ServerSet } from './servers';
 import type { ResolvedOptions, UpgraderEvents } from './options';
 import type { FdChannel } from './channel';
@@ -123,6 +123,8 @@ export class Successors {
       pending.resolve(link.pid);
     }
     debug('successor pid %d is ready; retiring', link.pid);
+    // Loaded here, not at import: a process that never upgrades never loads retirement and the mover (start-up cost).
+    const { Retirement } = require('./retirement') as typeof import('./retirement');
     this.retirement = new Retirement(link, this.generation.servers, this.generation.tracker, { gracefulTimeout: this.generation.options.gracefulTimeout, answerTimeout: this.generation.options.readyTimeout, canMove: moveConnectionsPossible() }, {
       retired: (report) => this.generation.queue.run(() => this.onRetired(report)),
     });

@@ -5,7 +5,7 @@
 // (`Connection: close`, GOAWAY). Feeding a busy parser to its message boundary: ./http-boundary.ts.
 import type { EventEmitter } from 'node:events';
 import * as http from 'node:http';
-import * as https from 'node:https';
+import type * as https from 'node:https';
 import type * as net from 'node:net';
 import createDebug from 'debug';
 import { freezeReading } from '../runtime';
@@ -275,6 +275,15 @@ function serviceControlBetweenReads(socket: net.Socket): void {
   });
 }
 
+/**
+ * isHttpsServer: an https.Server is a tls.Server (it has setSecureContext); only then is node:https
+ * loaded to be sure, so that plain HTTP servers never load https and tls (start-up cost).
+ */
+function isHttpsServer(server: net.Server): boolean {
+  if (typeof (server as unknown as { setSecureContext?: unknown }).setSecureContext !== 'function') return false;
+  return server instanceof (require('node:https') as typeof https).Server;
+}
+
 /** http2's server classes are not exported: know them by the settings API only they have. */
 function isHttp2Server(server: net.Server): boolean {
   return typeof (server as unknown as { updateSettings?: unknown }).updateSettings === 'function' && !(server instanceof http.Server);
@@ -282,11 +291,11 @@ function isHttp2Server(server: net.Server): boolean {
 
 registerAdapter({
   name: 'http',
-  matches: (server) => server instanceof http.Server || server instanceof https.Server || isHttp2Server(server),
+  matches: (server) => server instanceof http.Server || isHttpsServer(server) || isHttp2Server(server),
   create: (server) => {
     const http2 = isHttp2Server(server);
     // An Http2SecureServer is a tls.Server; an https.Server too; h2c is a plain net.Server.
-    const tls = server instanceof https.Server || (http2 && typeof (server as unknown as { setSecureContext?: unknown }).setSecureContext === 'function');
+    const tls = isHttpsServer(server) || (http2 && typeof (server as unknown as { setSecureContext?: unknown }).setSecureContext === 'function');
     return new HttpAdapter(server as http.Server, { tls, http2 });
   },
 });
