@@ -1,6 +1,6 @@
 // What the benches share: the machine's description, the noise (CPU used by processes the bench did
 // not start), statistics, free ports, processes started and ended by pid, and the JSON results.
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -261,11 +261,9 @@ export class Processes {
 export function machine() {
   const cpu = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
   const version = (command, args) => {
-    try {
-      return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim().split('\n')[0];
-    } catch (err) {
-      return (err.stderr ?? '').toString().trim().split('\n')[0] || 'not installed';
-    }
+    const result = spawnSync(command, args, { encoding: 'utf8' });
+    if (result.error) return 'not installed';
+    return `${result.stdout}${result.stderr}`.trim().split('\n')[0];
   };
   let commit = 'unknown';
   try {
