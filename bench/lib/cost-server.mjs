@@ -2,7 +2,8 @@
 // The same node:http server with and without the library, for bench/cost.mjs.
 //   node bench/lib/cost-server.mjs --mode plain|handover --ports P1,P2,… [--dir D]
 // One listener per port (127.0.0.1; distinct ports, as the library keys listeners by address).
-// Prints `ready pid=<pid> port=<P1>` once every listener serves. Every response is 200 "ok".
+// Prints `ready pid=<pid> port=<P1> cpu=<µs>` once every listener serves (cpu: this process's CPU
+// time so far, user + system: less sensitive to a busy machine than wall time). Every response is 200 "ok".
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -35,4 +36,5 @@ if (values.mode === 'handover') {
   for (let i = 0; i < count; i++) await new Promise((resolve) => servers[i].listen(portOf(i), '127.0.0.1', resolve));
 }
 process.on('SIGTERM', () => process.exit(0));
-console.log(`ready pid=${process.pid} port=${servers[0].address().port}`);
+const { user, system } = process.cpuUsage();
+console.log(`ready pid=${process.pid} port=${servers[0].address().port} cpu=${user + system}`);
