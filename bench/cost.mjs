@@ -188,4 +188,17 @@ try {
   fs.rmSync(tmp, { recursive: true, force: true });
 }
 say(`other processes on the CPUs: ${result.noiseCores.toFixed(2)} cores (machine busy before: ${result.quietBefore.toFixed(2)} cores)`);
+// A run of some parts (--only) keeps the other parts of the last full run; each part says when it was measured.
+const measured = { date: result.machine.date, commit: result.machine.commit, noiseCores: result.noiseCores, runs, seconds };
+result.parts = {};
+for (const part of ['startup', 'cpu', 'rss']) if (result[part]) result.parts[part] = measured;
+const previousFile = path.join(root, 'bench', 'results', 'cost.json');
+if (fs.existsSync(previousFile) && only.size < 3) {
+  const previous = JSON.parse(fs.readFileSync(previousFile, 'utf8'));
+  for (const part of ['startup', 'cpu', 'rss']) {
+    if (result[part] || !previous[part]) continue;
+    result[part] = previous[part];
+    result.parts[part] = previous.parts?.[part] ?? { date: previous.machine.date, commit: previous.machine.commit, noiseCores: previous.noiseCores, runs: previous.runs, seconds: previous.seconds };
+  }
+}
 say(`wrote ${saveResult('cost', result)}`);

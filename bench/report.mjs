@@ -174,7 +174,11 @@ function rpcSection() {
 function costSection() {
   if (!cost) return '_No results yet: run `node bench/cost.mjs`._';
   const out = [];
-  out.push(machineLines(cost.machine), '', `\`node bench/cost.mjs --runs ${cost.runs} --seconds ${cost.seconds}\` (bench/lib/cost-server.mjs: the same node:http server with and without the library, interleaved). Other processes used ${cost.noiseCores.toFixed(2)} cores on average during the run.`, '');
+  out.push(machineLines(cost.machine), '', `\`node bench/cost.mjs --runs ${cost.runs} --seconds ${cost.seconds}${cost.startup?.[0]?.baseline ? ` --baseline ${cost.startup[0].baseline.ref}` : ''}\` (bench/lib/cost-server.mjs: the same node:http server with and without the library, interleaved).`, '');
+  const parts = cost.parts ?? {};
+  const partNames = { startup: 'start-up', cpu: 'CPU per request', rss: 'RSS' };
+  const partLines = Object.entries(parts).map(([part, m]) => `${partNames[part]}: ${m.date}, commit ${m.commit}, other processes ${m.noiseCores.toFixed(2)} cores on average`);
+  out.push(partLines.length ? `Measured (noise = CPU of other processes during that run): ${partLines.join('; ')}.` : `Other processes used ${cost.noiseCores.toFixed(2)} cores on average during the run.`, '');
   if (cost.startup) {
     out.push('| start-up: spawn → `ready` line | plain ms | with handover ms | **cost ms** | target | CPU until ready: plain / handover ms | CPU cost ms |', '|---|---:|---:|---:|---|---|---:|');
     for (const s of cost.startup) {

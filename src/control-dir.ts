@@ -2,7 +2,7 @@
 // new generation (bind or write a temporary name, then rename(2) over the old one).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { ChannelListener } from './channel-endpoints';
 import type { FdChannelOptions } from './channel';
 import { HandoverError } from './errors';

@@ -1,7 +1,7 @@
 // Listener keys and the bridge between listening fds and net.Server: what a predecessor offers,
 // what a successor claims, and closing what nobody claimed.
 import * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { binding, type SocketInfo } from './native';
 import { HandoverError } from './errors';
 import type { ListenerKind } from './protocol';

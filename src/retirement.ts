@@ -2,7 +2,7 @@
 // adapters) or finish, counted; already-sent ones get their answer; then BYE and 'retired'. A
 // rollback undoes it: accept again on the kept sockets, serve every connection as before.
 import type * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { HandoverError } from './errors';
 import type { ConnectionMover, TransferOptions } from './connections';
 import type { ConnectionsReport } from './connection-tracker';

@@ -2,7 +2,7 @@
 // their listening fds to a successor, and stopping or resuming accepting during retirement.
 import * as fs from 'node:fs';
 import type * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { binding, isNativeError } from './native';
 import { HandoverError } from './errors';
 import { closeFds, listenOnFd, listenWith, serverFd, stopAccepting, type InheritedListener, type ListenTarget } from './listeners';

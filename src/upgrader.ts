@@ -3,7 +3,7 @@
 // successor links and the spawner (as predecessor), retirement, servers and connection counting.
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { abandonControl, commitControl, prepareControl, prepareDir, releaseControlSocket, removePidFile } from './control-dir';
 import { HandoverError } from './errors';
 import { ChangeQueue, Lifecycle, type LifecycleEvent, type UpgraderState } from './lifecycle';

@@ -7,7 +7,7 @@ import type { EventEmitter } from 'node:events';
 import * as http from 'node:http';
 import type * as https from 'node:https';
 import type * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from '../log';
 import { freezeReading } from '../runtime';
 import { httpConnectionsList, httpMessage, httpParser, kOnExecute, parserCallback, setParserCallback, type HttpParser } from '../runtime-http';
 import { registerAdapter, serviceControl, type MoveConnection, type ServerAdapter } from './adapter';
