@@ -106,7 +106,7 @@ function alternativesSection() {
   const a = alternatives;
   const out = [];
   out.push(
-    machineLines(a.machine, `; wrk ${a.machine.wrk.replace(/ Copyright.*/, '')} (niced), PM2 ${a.machine.pm2}, ${a.machine.nginxVersion}, ${a.machine.haproxyVersion}, reusePort on Node ${a.machine.node24}`),
+    machineLines(a.machine, `; wrk ${a.machine.wrk.replace(/ Copyright.*/, '')} (niced), PM2 ${a.machine.pm2}, ${a.machine.nginxVersion}, ${a.machine.haproxyVersion.replace(/ - http\S*$/, '')}, reusePort on Node ${a.machine.node24}`),
     '',
     `\`node bench/alternatives.mjs --runs ${a.runs} --upgrades ${a.upgrades} --connections ${a.connections}\`: per cell, the app serves under \`wrk -t${a.connections} -c${a.connections}\` (one connection per wrk thread, so that bench/lib/timeline.lua pairs each response with its request), 2 s steady, then ${a.upgrades} upgrades one after the other (${a.gapMs} ms apart, each counted from its signal until the old process is gone and the new one serves), then 1.5 s. Medians over ${a.runs} runs (ranges in brackets where runs differ). *During* = requests that overlap an upgrade; *steady* = the others. Errors are wrk's: *connect* (refused), *read* (the connection closed or reset while a response was awaited), *write* (wrk counts a failed connect on a closed port here, once per retry), *timeout* (no answer in 2 s), *non-2xx*.`,
     '',
@@ -191,7 +191,7 @@ function costSection() {
     }
     out.push(
       '',
-      `${cost.startup[0].pairs?.length ?? cost.startup[0].samples.plain.length} pairs per row: each pair starts the plain server and the one with handover one right after the other (which goes first alternates), through \`bash -c 'ulimit -n …; exec node …'\` for both; *cost* is the median of the pairs' differences (wall: spawn → the ready line read by the bench; CPU: the server's own \`process.cpuUsage()\` when it prints the line, less sensitive to the other processes on the machine). Plain and handover columns: medians of each.`,
+      `${cost.startup[0].pairs?.length ?? cost.startup[0].samples.plain.length} pairs per row: each pair starts the plain server and the one with handover one right after the other (which goes first rotates), through \`bash -c 'ulimit -n …; exec node …'\` for both; *cost* is the median of the pairs' differences (wall: spawn → the ready line read by the bench; CPU: the server's own \`process.cpuUsage()\` when it prints the line, V8's background threads included). Plain and handover columns: medians of each.`,
       '',
     );
   }
@@ -215,6 +215,39 @@ function costSection() {
   return out.join('\n');
 }
 
+function summarySection() {
+  const rows = ['| target | measured | |', '|---|---|---|'];
+  if (alternatives) {
+    for (const mode of ['keep-alive', 'close']) {
+      const cs = alternatives.cells.filter((c) => c.variant === 'handover' && c.mode === mode && !c.failed);
+      if (cs.length === 0) continue;
+      const errors = cs.map((c) => c.errorTotal);
+      const zero = errors.every((n) => n === 0);
+      rows.push(`| HTTP ${mode}, ${alternatives.upgrades} upgrades under wrk: zero errors | ${errors.join(', ')} errors in ${cs.length} runs | ${zero ? 'met' : '**missed**'} |`);
+    }
+  }
+  if (rpc) {
+    const cs = rpc.cells.filter((c) => c.variant === 'handover' && !c.failed);
+    if (cs.length) {
+      const zero = cs.every((c) => c.failed === 0 && c.reconnects === 0);
+      rows.push(`| Bolt RPC, ${rpc.upgrades} upgrades, slow calls in flight: zero failed calls, zero reconnects | ${cs.map((c) => `${c.failed} / ${c.reconnects}`).join(', ')} (failed / reconnects, per run) | ${zero ? 'met' : '**missed**'} |`);
+    }
+  }
+  rows.push('| WebSocket: zero connections closed, zero messages lost | not measured yet (the WebSocket issue) | — |');
+  if (cost?.startup) {
+    for (const st of cost.startup) {
+      const wallMet = st.extraMs <= 20;
+      rows.push(`| start-up with ${st.listeners} listener${st.listeners > 1 ? 's' : ''}, spawn → ready line: ≤ 20 ms over the plain server | +${ms(st.extraMs)} ms${st.baseline ? ` (before this work: +${ms(st.baseline.extraMs)} ms, same run)` : ''} | ${wallMet ? 'met' : `**missed** by ${ms(st.extraMs - 20)} ms`} |`);
+    }
+  }
+  if (cost?.cpu) {
+    for (const c of cost.cpu) {
+      rows.push(`| server CPU per request, ${c.mode}: ≤ 1.02 × plain | ${c.ratio.toFixed(3)}${c.baseline ? ` (before: ${c.baseline.ratio.toFixed(3)})` : ''} | ${c.ratio <= 1.02 ? 'met' : `**missed** by ${((c.ratio - 1.02) * 100).toFixed(1)} points`} |`);
+    }
+  }
+  return rows.join('\n');
+}
+
 function replaceSection(doc, name, body) {
   const start = `<!-- bench:${name} -->`;
   const end = `<!-- /bench:${name} -->`;
@@ -227,6 +260,7 @@ function replaceSection(doc, name, body) {
 
 const charted = await writeChart();
 let doc = fs.readFileSync(docPath, 'utf8');
+doc = replaceSection(doc, 'summary', summarySection());
 doc = replaceSection(doc, 'alternatives', alternativesSection());
 doc = replaceSection(doc, 'chart', charted ? '![Requests/s and p99 latency per 100 ms through upgrades: handover, plain restart, PM2 reload](benchmarks-timeline.svg)' : '_No chart yet: run `node bench/alternatives.mjs`._');
 doc = replaceSection(doc, 'rpc', rpcSection());

@@ -52,7 +52,7 @@ export function toolVersions({ nginx, haproxy }) {
   return {
     pm2: JSON.parse(fs.readFileSync(path.join(root, 'node_modules', 'pm2', 'package.json'), 'utf8')).version,
     nginxVersion: nginx ? first(nginx, ['-v']) : 'missing',
-    haproxyVersion: haproxy ? first(haproxy, ['-v']) : 'missing',
+    haproxyVersion: haproxy ? first(haproxy, ['-v']).replace(/ - http\S*$/, '') : 'missing',
   };
 }
 
