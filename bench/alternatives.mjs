@@ -32,6 +32,8 @@ const connections = Number(values.connections);
 const gapMs = Number(values.gap);
 const say = (line) => process.stdout.write(`${line}\n`);
 const BUCKET_MS = 100;
+/** The variants the chart shows (bench/report.mjs): their first run's timeline is kept in the JSON. */
+const CHARTED = ['handover', 'restart', 'pm2'];
 
 const work = fs.mkdtempSync('/tmp/handover-bench-alt-');
 const nodeReuse = node24(values.node24);
@@ -165,7 +167,7 @@ try {
             `  ${r.requests} requests, errors ${JSON.stringify(r.errors)}, steady p50/p99/max ${fmt(r.steady)}, during upgrades ${fmt(r.during)} ms, ` +
               `upgrade ${r.upgradeMs.median.toFixed(0)} ms (median), noise ${r.noiseCores.toFixed(2)} cores`,
           );
-          result.cells.push({ run, mode, variant: name, label: probe.label, ...r, timeline: run === 0 ? r.timeline : undefined });
+          result.cells.push({ run, mode, variant: name, label: probe.label, ...r, timeline: run === 0 && CHARTED.includes(name) ? r.timeline : undefined });
         } catch (err) {
           say(`  failed: ${err.stack}`);
           result.cells.push({ run, mode, variant: name, label: probe.label, failed: err.message });

@@ -286,6 +286,8 @@ export function machine() {
 export function saveResult(name, result) {
   fs.mkdirSync(resultsDir, { recursive: true });
   const file = path.join(resultsDir, `${name}.json`);
-  fs.writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  // Two-space JSON, but a timeline point on one line (they are thousands).
+  const text = JSON.stringify(result, null, 2).replace(/\{\n\s+"t": ([^,]+),\n\s+"rps": ([^,]+),\n\s+"p99": ([^\n]+)\n\s+\}/g, '{ "t": $1, "rps": $2, "p99": $3 }');
+  fs.writeFileSync(file, `${text}\n`);
   return file;
 }
