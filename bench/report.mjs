@@ -157,7 +157,8 @@ function rpcSection() {
   );
   const labels = { handover: 'handover', restart: 'plain restart', pm2: 'PM2 reload (cluster, 2 workers)' };
   for (const v of [...new Set(rpc.cells.map((c) => c.variant))]) {
-    const cs = rpc.cells.filter((c) => c.variant === v && !c.failed);
+    // A cell that crashed has `crashed` (older results: `failed` as a message); `failed` counts failed calls.
+    const cs = rpc.cells.filter((c) => c.variant === v && !c.crashed && typeof c.failed === 'number');
     if (cs.length === 0) continue;
     const errors = {};
     for (const c of cs) for (const [k, n] of Object.entries(c.errors)) errors[k] = (errors[k] ?? 0) + n;
@@ -227,7 +228,7 @@ function summarySection() {
     }
   }
   if (rpc) {
-    const cs = rpc.cells.filter((c) => c.variant === 'handover' && !c.failed);
+    const cs = rpc.cells.filter((c) => c.variant === 'handover' && !c.crashed && typeof c.failed === 'number');
     if (cs.length) {
       const zero = cs.every((c) => c.failed === 0 && c.reconnects === 0);
       rows.push(`| Bolt RPC, ${rpc.upgrades} upgrades, slow calls in flight: zero failed calls, zero reconnects | ${cs.map((c) => `${c.failed} / ${c.reconnects}`).join(', ')} (failed / reconnects, per run) | ${zero ? 'met' : '**missed**'} |`);

@@ -125,7 +125,7 @@ try {
         result.cells.push({ run, variant: name, ...r });
       } catch (err) {
         say(`  failed: ${err.stack}`);
-        result.cells.push({ run, variant: name, failed: err.message });
+        result.cells.push({ run, variant: name, crashed: err.message });
       }
     }
   }
