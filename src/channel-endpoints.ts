@@ -1,7 +1,7 @@
 // Opening control channels: connecting to a control socket path without ever blocking the event
 // loop, socket pairs, and listening for connections (ChannelListener).
 import { EventEmitter } from 'node:events';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { binding, isNativeError, type Binding, type Poller } from './native';
 import { HandoverError } from './errors';
 import { FdChannel, type FdChannelOptions } from './channel';

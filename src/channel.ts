@@ -2,7 +2,7 @@
 // event loop. Node never reads this socket (it would drop SCM_RIGHTS fds): the addon owns it and a
 // uv_poll_t reports readiness; this file splits, reassembles and queues.
 import { EventEmitter } from 'node:events';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { binding, isNativeError, type Binding, type PeerCredentials, type Poller } from './native';
 import { HandoverError } from './errors';
 import { serviceWith } from './control-service';

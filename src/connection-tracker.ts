@@ -22,6 +22,16 @@ export class ConnectionTracker {
   private readonly waiters = new Set<() => void>();
   private closedCount = 0;
   private movedCount = 0;
+  /**
+   * One 'close' listener shared by every socket (`this` is the socket): no closure and no once()
+   * wrapper per connection, which a server with a new connection per request pays on each.
+   */
+  private readonly onClose = (() => {
+    const tracker = this;
+    return function (this: net.Socket): void {
+      tracker.closed(this);
+    };
+  })();
 
   get size(): number {
     return this.open.size;
@@ -32,11 +42,13 @@ export class ConnectionTracker {
     if (this.open.has(socket)) return;
     this.open.add(socket);
     this.keys.set(socket, key);
-    socket.once('close', () => {
-      if (!this.open.delete(socket)) return;
-      if (!this.moved.has(socket)) this.closedCount++;
-      this.changed();
-    });
+    socket.on('close', this.onClose);
+  }
+
+  private closed(socket: net.Socket): void {
+    if (!this.open.delete(socket)) return;
+    if (!this.moved.has(socket)) this.closedCount++;
+    this.changed();
   }
 
   /** keyOf names the listener a tracked socket came from; undefined for a socket of no server given to listen(). */
@@ -54,6 +66,7 @@ export class ConnectionTracker {
 
   /** changed wakes the waiters (a connection went, or a waiter's abandon condition may hold now). */
   changed(): void {
+    if (this.waiters.size === 0) return;
     for (const waiter of [...this.waiters]) waiter();
   }
 

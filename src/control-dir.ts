@@ -2,8 +2,7 @@
 // new generation (bind or write a temporary name, then rename(2) over the old one).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { ChannelListener } from './channel-endpoints';
 import type { FdChannelOptions } from './channel';
 import { HandoverError } from './errors';
@@ -50,7 +49,10 @@ export function prepareDir(dir: string): string {
 }
 
 function temporaryName(dir: string, base: string): string {
-  return path.join(dir, `.${base}.${process.pid}.${randomBytes(4).toString('hex')}`);
+  // Unique, not secret (the directory is ours alone, checked above): Math.random spares loading
+  // node:crypto, ~20 internal modules, at start-up.
+  const suffix = Math.floor(Math.random() * 0x1_0000_0000).toString(16).padStart(8, '0');
+  return path.join(dir, `.${base}.${process.pid}.${suffix}`);
 }
 
 /** A control socket this process bound, with the identity of its file so we never remove another's. */

@@ -1,17 +1,16 @@
 // The successor's end of the exchange: find the predecessor in `dir`, say HELLO, receive its
 // listeners, say READY and wait for the acknowledgement, then take the messages of the move phase.
 import * as path from 'node:path';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { connectChannelWithin } from './channel-endpoints';
 import type { FdChannel } from './channel';
 import { CONTROL_SOCKET, removeStaleSocket } from './control-dir';
 import { HandoverError, isHandoverError, type HandoverErrorCode } from './errors';
 import { accepts, FROM_PREDECESSOR, type LinkPhase } from './lifecycle';
-import { readyCredit } from './connections';
 import { closeFds, describeFd, type InheritedListener } from './listeners';
 import { isNativeError } from './native';
-import { PROTOCOL_VERSION, type Message } from './protocol';
-import { ControlSession } from './session';
+import type { Message } from './protocol';
+import type { ControlSession } from './session';
 import { fault } from './faults';
 import { waitGone, type ProcessLayer } from './spawner';
 
@@ -59,6 +58,9 @@ export class PredecessorLink {
       if (isHandoverError(err)) throw err;
       throw new HandoverError('ERR_UPGRADE_REFUSED', `cannot connect to the predecessor at ${socketPath}: ${(err as Error).message}`, { cause: err });
     }
+    // Loaded here, not at import: a first generation finds no predecessor and never needs them (start-up cost).
+    const { ControlSession } = require('./session') as typeof import('./session');
+    const { PROTOCOL_VERSION } = require('./protocol') as typeof import('./protocol');
     const session = new ControlSession(channel, 'successor');
     let peer;
     try {
@@ -129,6 +131,8 @@ export class PredecessorLink {
     let reply;
     try {
       if (!session.isClosed) {
+        // Loaded here, not at import: a first generation never loads the connection adopter (start-up cost).
+        const { readyCredit } = require('./connections') as typeof import('./connections');
         await session.send({ type: 'READY', pid: process.pid, ...readyCredit() });
         fault('ready-sent', 'successor', this.peerPid);
       }

@@ -2,9 +2,9 @@
 // adapters) or finish, counted; already-sent ones get their answer; then BYE and 'retired'. A
 // rollback undoes it: accept again on the kept sockets, serve every connection as before.
 import type * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { HandoverError } from './errors';
-import { ConnectionMover, type TransferOptions } from './connections';
+import type { ConnectionMover, TransferOptions } from './connections';
 import type { ConnectionsReport } from './connection-tracker';
 import type { ConnectionTracker } from './connection-tracker';
 import type { ServerSet } from './servers';
@@ -46,6 +46,8 @@ export class Retirement {
     private readonly options: RetirementOptions,
     private readonly hooks: RetirementHooks,
   ) {
+    // Loaded here, not at import: a process that never retires never loads the connection mover (start-up cost).
+    const { ConnectionMover } = require('./connections') as typeof import('./connections');
     this.mover = new ConnectionMover(link.session, {
       peerPid: link.peerPid,
       keyOf: (socket) => tracker.keyOf(socket),

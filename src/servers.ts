@@ -3,7 +3,7 @@
 import * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import type * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { binding, isNativeError } from './native';
 import { HandoverError } from './errors';
 import { closeFds, listenOnFd, listenWith, serverFd, stopAccepting, type InheritedListener, type ListenTarget } from './listeners';

@@ -1,7 +1,7 @@
 // ControlSession: typed messages over one FdChannel. Decoding failures close the frame's fds and
 // the channel; whoever listens learns why through 'close'.
 import { EventEmitter } from 'node:events';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import type { FdChannel } from './channel';
 import { closeFds } from './listeners';
 import { decode, encode, type Message } from './protocol';

@@ -3,7 +3,7 @@
 import { EventEmitter } from 'node:events';
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { HandoverError } from './errors';
 import { startDirectory } from './start-context';
 

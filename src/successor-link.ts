@@ -1,7 +1,7 @@
 // The predecessor's end of the exchange with one successor: the uid check, HELLO and the offer of
 // the listeners, READY and its acknowledgement, the messages of the move phase, and how the link
 // ended (aborted, said BYE, went away, or was closed from here).
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { HandoverError, type HandoverErrorCode } from './errors';
 import { connectChannelWithin } from './channel-endpoints';
 import type { FdChannel } from './channel';

@@ -3,15 +3,15 @@
 // rollback (the successor is gone) or a quiet finish (it serves on).
 import * as net from 'node:net';
 import * as path from 'node:path';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { CONTROL_SOCKET, ownsControlSocket, takeOverControlSocket, type OwnedControlSocket } from './control-dir';
 import { HandoverError, type HandoverErrorCode } from './errors';
 import type { ChangeQueue, Lifecycle, LifecycleEvent } from './lifecycle';
 import type { TransferOptions } from './connections';
 import type { ConnectionsReport, ConnectionTracker } from './connection-tracker';
-import { probeGeneration, SuccessorLink, type LinkEnd } from './successor-link';
+import type { LinkEnd, SuccessorLink } from './successor-link';
 import { SpawnedSuccessor, EXIT_GRACE_MS, waitGone, type ProcessLayer } from './spawner';
-import { Retirement } from './retirement';
+import type { Retirement } from './retirement';
 import type { ServerSet } from './servers';
 import type { ResolvedOptions, UpgraderEvents } from './options';
 import type { FdChannel } from './channel';
@@ -19,6 +19,8 @@ import { runtimeCapabilities } from './runtime';
 
 const debug = createDebug('handover:successors');
 
+/** The successor's link, loaded when the first successor connects: a process that never upgrades never loads it (start-up cost). */
+const successorLink = (): typeof import('./successor-link') => require('./successor-link') as typeof import('./successor-link');
 
 /** What the parts of one generation share: its state, its servers and connections, its directory. */
 export interface Generation {
@@ -69,7 +71,7 @@ export class Successors {
       this.generation.warn(new HandoverError('ERR_UPGRADE_REFUSED', `cannot read the credentials of a connecting successor: ${(err as Error).message}`));
       return;
     }
-    const link = new SuccessorLink(channel, credentials, this.generation.options.readyTimeout, {
+    const link = new (successorLink().SuccessorLink)(channel, credentials, this.generation.options.readyTimeout, {
       admit: (candidate) => this.admit(candidate),
       offer: () => this.generation.servers.offer(),
       ready: (ready) => this.generation.queue.run(() => this.onSuccessorReady(ready)),
@@ -123,6 +125,8 @@ export class Successors {
       pending.resolve(link.pid);
     }
     debug('successor pid %d is ready; retiring', link.pid);
+    // Loaded here, not at import: a process that never upgrades never loads retirement and the mover (start-up cost).
+    const { Retirement } = require('./retirement') as typeof import('./retirement');
     this.retirement = new Retirement(link, this.generation.servers, this.generation.tracker, { gracefulTimeout: this.generation.options.gracefulTimeout, answerTimeout: this.generation.options.readyTimeout, canMove: moveConnectionsPossible() }, {
       retired: (report) => this.generation.queue.run(() => this.onRetired(report)),
     });
@@ -175,7 +179,7 @@ export class Successors {
     if (link.peerPid > 0) return waitGone(this.generation.os, link.peerPid, EXIT_GRACE_MS);
     // Only a successor that took over gets here (one that never did was rolled back from at
     // once): it is reachable on control.sock.
-    return !(await probeGeneration(path.join(this.generation.dir, CONTROL_SOCKET), this.generation.options.readyTimeout));
+    return !(await successorLink().probeGeneration(path.join(this.generation.dir, CONTROL_SOCKET), this.generation.options.readyTimeout));
   }
 
   /** successorLeft: the successor serves on without this link; retirement finishes without moving more. */

@@ -3,7 +3,7 @@
 // listening sockets alive across a crash. The datagram is one syscall in the addon
 // (native/notify.cc); what is sent, and when, is decided here. See docs/systemd.md.
 import type * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { binding } from './native';
 import { HandoverError } from './errors';
 import { closeFds, describeFd, listenerKey, serverFd, type InheritedListener, type ListenTarget } from './listeners';

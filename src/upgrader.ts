@@ -4,12 +4,12 @@
 import * as dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from './log';
 import { abandonControl, commitControl, prepareControl, prepareDir, releaseControlSocket, removePidFile } from './control-dir';
 import { HandoverError } from './errors';
 import { ChangeQueue, Lifecycle, type LifecycleEvent, type UpgraderState } from './lifecycle';
 import { checkReusePort, closeFds, listenerKey, mismatch, type InheritedListener, type ListenTarget } from './listeners';
-import { ConnectionAdopter, type TransferOptions } from './connections';
+import type { TransferOptions } from './connections';
 import { ConnectionTracker, type ConnectionsReport } from './connection-tracker';
 import { PredecessorLink } from './predecessor-link';
 import { systemProcesses, EXIT_GRACE_MS, waitGone, type ProcessLayer } from './spawner';
@@ -249,6 +249,8 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
 
   /** adoptFrom takes the connections the predecessor moves here, until it says BYE or goes away. */
   private adoptFrom(predecessor: PredecessorLink): void {
+    // Loaded here, not at import: a first generation never loads the connection adopter (start-up cost).
+    const { ConnectionAdopter } = require('./connections') as typeof import('./connections');
     const adopter = new ConnectionAdopter(predecessor.session, {
       serverFor: (key) => {
         const entry = this.servers.get(key);

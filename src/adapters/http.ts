@@ -6,9 +6,9 @@
 // the wire. Feeding a busy parser to its message boundary: ./http-boundary.ts.
 import type { EventEmitter } from 'node:events';
 import * as http from 'node:http';
-import * as https from 'node:https';
+import type * as https from 'node:https';
 import type * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from '../log';
 import { freezeReading } from '../runtime';
 import { httpConnectionsList, httpMessage, httpParser, kOnExecute, parserCallback, setParserCallback, type HttpParser } from '../runtime-http';
 import { registerAdapter, serviceControl, type MoveConnection, type ServerAdapter } from './adapter';
@@ -46,6 +46,13 @@ export class HttpAdapter implements ServerAdapter {
   private readonly scheduled = new Set<net.Socket>();
   private checkScheduled = false;
   readonly canMove: boolean;
+  /** One 'close' listener shared by every connection (`this` is the socket): no closure per connection. */
+  private readonly onClose = (() => {
+    const adapter = this;
+    return function (this: net.Socket): void {
+      adapter.forget(this);
+    };
+  })();
 
   constructor(server: http.Server, options: { tls: boolean; http2: boolean }) {
     this.server = server;
@@ -64,7 +71,7 @@ export class HttpAdapter implements ServerAdapter {
     // For TLS the HTTP state lives on the TLSSocket, not on the TCP socket under it.
     server.on(options.tls ? 'secureConnection' : 'connection', (socket: net.Socket) => {
       this.sockets.add(socket);
-      socket.once('close', () => this.forget(socket));
+      socket.on('close', this.onClose);
       serviceControlBetweenReads(socket);
       if (this.canMove) instrumentParser(socket);
       if (this.retiring && this.move && this.canMove) this.drain(socket);
@@ -297,8 +304,9 @@ function serviceControlBetweenReads(socket: net.Socket): void {
   const parser = httpParser(socket);
   const onExecute = parser ? parserCallback(parser, kOnExecute) : undefined;
   if (!parser || !onExecute) return; // not consumed by its parser: reads come as 'data', between turns' callbacks anyway
-  setParserCallback(parser, kOnExecute, function (this: HttpParser, ret: unknown, ...rest: unknown[]) {
-    const result = onExecute.call(this, ret, ...rest);
+  setParserCallback(parser, kOnExecute, function (this: HttpParser, ret: unknown) {
+    // apply(arguments): no rest array allocated on every read.
+    const result = onExecute.apply(this, arguments as unknown as unknown[]);
     if (typeof ret === 'number' && ret > 0) {
       parsedSinceService += ret;
       if (parsedSinceService >= SERVICE_EVERY) {
@@ -310,6 +318,15 @@ function serviceControlBetweenReads(socket: net.Socket): void {
   });
 }
 
+/**
+ * isHttpsServer: an https.Server is a tls.Server (it has setSecureContext); only then is node:https
+ * loaded to be sure, so that plain HTTP servers never load https and tls (start-up cost).
+ */
+function isHttpsServer(server: net.Server): boolean {
+  if (typeof (server as unknown as { setSecureContext?: unknown }).setSecureContext !== 'function') return false;
+  return server instanceof (require('node:https') as typeof https).Server;
+}
+
 /** http2's server classes are not exported: know them by the settings API only they have. */
 function isHttp2Server(server: net.Server): boolean {
   return typeof (server as unknown as { updateSettings?: unknown }).updateSettings === 'function' && !(server instanceof http.Server);
@@ -317,11 +334,11 @@ function isHttp2Server(server: net.Server): boolean {
 
 registerAdapter({
   name: 'http',
-  matches: (server) => server instanceof http.Server || server instanceof https.Server || isHttp2Server(server),
+  matches: (server) => server instanceof http.Server || isHttpsServer(server) || isHttp2Server(server),
   create: (server) => {
     const http2 = isHttp2Server(server);
     // An Http2SecureServer is a tls.Server; an https.Server too; h2c is a plain net.Server.
-    const tls = server instanceof https.Server || (http2 && typeof (server as unknown as { setSecureContext?: unknown }).setSecureContext === 'function');
+    const tls = isHttpsServer(server) || (http2 && typeof (server as unknown as { setSecureContext?: unknown }).setSecureContext === 'function');
     return new HttpAdapter(server as http.Server, { tls, http2 });
   },
 });

@@ -1,7 +1,7 @@
 // HTTP/2 sessions of a retiring server: an HTTP/2 session cannot move (its HPACK tables, stream
 // states and, over TLS, its keys live in this process), so it is drained with GOAWAY, sent at a
 // moment when no request of a client that waits for its responses can be crossing it.
-import createDebug from 'debug';
+import { createDebug } from '../log';
 
 const debug = createDebug('handover:http2');
 

@@ -4,7 +4,7 @@
 // asking again at the next safe point, counting, late writes, letting go of the forwarder, handing
 // a connection back when it did not move) is driven here, as a ServerAdapter like any other.
 import type * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from '../log';
 import { HandoverError } from '../errors';
 import type { AdoptHandler, AdoptedConnection } from '../connections';
 import type { MoveConnection, ServerAdapter } from './adapter';

@@ -6,7 +6,7 @@
 // would be. The ws internals it reads are in ./ws-runtime.ts.
 import type * as http from 'node:http';
 import * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from '../log';
 import type { WebSocket, WebSocketServer } from 'ws';
 import type { AdoptedProtocolConnection, MoveAnswer, ProtocolAdapter } from './net';
 import {
