@@ -77,6 +77,13 @@ export interface Binding {
   dup(fd: number): number;
   close(fd: number): void;
   setNonBlocking(fd: number, on: boolean): void;
+  /**
+   * waitpid(-1, WNOHANG): how one ended child (adopted orphans included) ended, or null when none
+   * has ended yet or there is no child. `signal` is 0 for an exit, else the signal number (code -1).
+   */
+  reapChild(): { pid: number; code: number; signal: number } | null;
+  /** prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants are reparented here (Linux; ENOSYS elsewhere). */
+  setChildSubreaper(): void;
   /** A readiness watcher on fd (uv_poll_t on the main loop). */
   createPoller(fd: number, callback: PollCallback): Poller;
 }
