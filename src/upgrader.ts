@@ -13,6 +13,7 @@ import { ConnectionTracker, type ConnectionsReport } from './connection-tracker'
 import { PredecessorLink } from './predecessor-link';
 import { systemProcesses, EXIT_GRACE_MS, waitGone, type ProcessLayer } from './spawner';
 import { Successors, type Generation } from './successors';
+import { ControlRequests } from './control-requests';
 import { ServerSet } from './servers';
 import { adapterFor, setControlService } from './adapters/adapter';
 import { checkTimeout, resolveOptions, type ListenOptions, type ResolvedOptions, type UpgraderEvents, type UpgraderOptions } from './options';
@@ -44,6 +45,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   private readyPromise: Promise<void> | undefined;
   private predecessor: PredecessorLink | undefined;
   private readonly successors: Successors;
+  private readonly requests: ControlRequests;
 
   constructor(options: UpgraderOptions, private readonly os: ProcessLayer = systemProcesses) {
     super();
@@ -55,6 +57,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     const upgrader = this;
     this.generation = {
       dir: settings.dir,
+      number: 1,
       options: settings,
       os,
       lifecycle: this.lifecycle,
@@ -69,7 +72,8 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       warn: (err) => this.warn(err),
       transition: (event) => this.transition(event),
     };
-    this.successors = new Successors(this.generation);
+    this.successors = new Successors(this.generation, (link, request) => this.requests.serve(link, request));
+    this.requests = new ControlRequests(this.generation, { events: this, upgrade: () => this.upgrade(), spawnedPid: () => this.successors.spawnedPid });
     this.started = this.start();
     // Errors surface through listen()/ready()/inheritListeners(); never as an unhandled rejection.
     this.started.catch(() => undefined);
@@ -103,6 +107,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       return;
     }
     this.predecessor = found.link;
+    this.generation.number = (found.generation ?? 0) + 1;
     for (const listener of found.listeners) this.inherited.set(listener.key, listener);
     for (const warning of found.warnings) this.warn(warning);
   }

@@ -1,0 +1,194 @@
+// `handover run -- <command...>`: a supervisor that stays the container's main process while
+// generations of the server hand over to each other under it (HAProxy's master-worker mode,
+// Envoy's hot-restarter). It starts the first generation, adopts every successor when its
+// predecessor exits (as PID 1 of its namespace, or as a child subreaper), reaps every child,
+// forwards SIGTERM/SIGINT to the generation serving now, turns SIGHUP into an upgrade, and exits
+// with the status of the last generation.
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { binding } from '../native';
+import { requestStatus, requestUpgrade } from '../control-client';
+import { isHandoverError } from '../errors';
+
+/** The signals passed on to the generation serving now. */
+const FORWARDED = ['SIGTERM', 'SIGINT', 'SIGUSR2'] as const;
+
+export interface RunOptions {
+  /** The control directory of the server: SIGHUP then upgrades over its control socket, and the next generation is found through it. */
+  dir: string | undefined;
+  log(line: string): void;
+}
+
+/** The fields of /proc/PID/stat after "pid (comm) ": state [0], ppid [1], ... starttime [19]. */
+function statFields(pid: number): string[] | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return undefined;
+  }
+}
+
+/** liveChildren: this process's children that have not ended, oldest first (adopted orphans included). */
+function liveChildren(): number[] {
+  const children: { pid: number; start: number }[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isSafeInteger(pid) || pid <= 0) continue;
+    const fields = statFields(pid);
+    if (!fields || Number(fields[1]) !== process.pid || fields[0] === 'Z' || fields[0] === 'X') continue;
+    children.push({ pid, start: Number(fields[19]) });
+  }
+  return children.sort((a, b) => a.start - b.start).map((child) => child.pid);
+}
+
+/** exitStatus: a shell's view of how a process ended (128 + the signal number when killed). */
+function exitStatus(code: number | null, signal: NodeJS.Signals | number | null): number {
+  if (signal !== null && signal !== 0) return 128 + (typeof signal === 'number' ? signal : (os.constants.signals[signal] ?? 0));
+  return code ?? 1;
+}
+
+/**
+ * run starts `command` and supervises its generations until the last one exits; resolves with
+ * that generation's exit status. The caller exits with it.
+ */
+export function run(command: readonly string[], options: RunOptions): Promise<number> {
+  const { log, dir } = options;
+  const native = binding();
+  if (process.pid !== 1) {
+    // Not PID 1: a successor orphaned by its predecessor's exit must still come here, not to init.
+    try {
+      native.setChildSubreaper();
+    } catch (err) {
+      log(`cannot become a child subreaper (${(err as Error).message}): successors will be adopted by PID 1, not by this supervisor`);
+    }
+  }
+  return new Promise<number>((resolve) => {
+    let current: number | undefined;
+    let stopping: NodeJS.Signals | undefined;
+    let finished = false;
+    // Exits are handled one at a time: finding the next generation may take a status request.
+    let handling = Promise.resolve();
+    const reported = new Set<number>();
+
+    const finish = (status: number): void => {
+      if (finished) return;
+      finished = true;
+      clearInterval(keepAlive);
+      for (const signal of [...FORWARDED, 'SIGHUP', 'SIGCHLD'] as const) process.removeAllListeners(signal);
+      resolve(status);
+    };
+
+    const signal = (pid: number, name: NodeJS.Signals): void => {
+      try {
+        process.kill(pid, name);
+      } catch {
+        // already gone: its exit is on its way
+      }
+    };
+
+    /** nextGeneration: the child that serves now that `exited` is gone, if any. */
+    const nextGeneration = async (exited: number): Promise<number | undefined> => {
+      if (dir !== undefined) {
+        // Whoever owns control.sock now, if it is our child (another PID namespace shows pid 0:
+        // a successor in another container took over, and this one is done).
+        try {
+          const { peer } = await requestStatus(dir, { timeout: 5000 });
+          if (peer.pid > 0 && peer.pid !== exited && liveChildren().includes(peer.pid)) return peer.pid;
+          return undefined;
+        } catch (err) {
+          if (!isHandoverError(err, 'ERR_HANDOVER_NOT_RUNNING')) log(`cannot ask ${dir} who serves (${(err as Error).message})`);
+          return undefined;
+        }
+      }
+      const children = liveChildren().filter((pid) => pid !== exited);
+      return children.at(-1);
+    };
+
+    const onExit = (pid: number, code: number | null, sig: NodeJS.Signals | number | null): void => {
+      if (reported.has(pid)) return;
+      reported.add(pid);
+      const status = exitStatus(code, sig);
+      if (pid !== current) {
+        log(`pid ${pid} exited (status ${status})`);
+        return;
+      }
+      handling = handling.then(async () => {
+        const next = await nextGeneration(pid);
+        if (finished) return;
+        if (next === undefined) {
+          log(`generation pid ${pid} exited (status ${status}); no successor: exiting`);
+          finish(status);
+          return;
+        }
+        log(`generation pid ${pid} exited (status ${status}); pid ${next} serves now`);
+        current = next;
+        if (stopping) signal(next, stopping);
+      });
+    };
+
+    const reap = (): void => {
+      for (;;) {
+        let ended;
+        try {
+          ended = native.reapChild();
+        } catch (err) {
+          log(`waitpid failed: ${(err as Error).message}`);
+          return;
+        }
+        if (ended === null) return;
+        onExit(ended.pid, ended.signal === 0 ? ended.code : null, ended.signal === 0 ? null : ended.signal);
+      }
+    };
+    process.on('SIGCHLD', reap);
+    // Signal watchers do not keep Node alive, nor does the unref'd child: this does, and it reaps
+    // whatever a coalesced SIGCHLD left behind.
+    const keepAlive = setInterval(reap, 1000);
+
+    for (const name of FORWARDED) {
+      process.on(name, () => {
+        if (name !== 'SIGUSR2') stopping = name;
+        if (current !== undefined) signal(current, name);
+      });
+    }
+    let upgrading = false;
+    process.on('SIGHUP', () => {
+      if (current === undefined) return;
+      if (dir === undefined) {
+        signal(current, 'SIGHUP');
+        return;
+      }
+      if (upgrading) {
+        log('SIGHUP: an upgrade is already running');
+        return;
+      }
+      upgrading = true;
+      log(`SIGHUP: upgrading ${dir}`);
+      requestUpgrade(dir, { onProgress: (progress) => log(`upgrade: ${progress.step}${progress.pid === undefined ? '' : ` pid ${progress.pid}`}${progress.connections === undefined ? '' : ` ${progress.connections} connections`}`) })
+        .then(
+          (outcome) => log(`upgraded: generation ${outcome.generation}${outcome.pid ? ` (pid ${outcome.pid})` : ''} serves now`),
+          (err: Error & { code?: string }) => log(`upgrade failed (${err.code ?? 'error'}): ${err.message}`),
+        )
+        .finally(() => {
+          upgrading = false;
+        });
+    });
+
+    const [file, ...args] = command;
+    const child = spawn(file!, args, { stdio: 'inherit' });
+    child.once('error', (err) => {
+      log(`cannot start ${file}: ${err.message}`);
+      finish(127);
+    });
+    // libuv reaps its own child when its SIGCHLD handler runs first; reap() gets it otherwise.
+    child.once('exit', (code, sig) => {
+      if (child.pid !== undefined) onExit(child.pid, code, sig);
+    });
+    child.unref();
+    current = child.pid;
+    if (current !== undefined) log(`started ${file} (pid ${current})`);
+    // An exit that came before SIGCHLD was watched.
+    reap();
+  });
+}
