@@ -1,6 +1,7 @@
 // The generation's answers to control clients (`handover status`, `handover upgrade`): what it
 // is and does (STATUS), and an upgrade run on request with its progress and result (UPGRADE).
 import type { EventEmitter } from 'node:events';
+import type { AddressInfo } from 'node:net';
 import createDebug from 'debug';
 import { HandoverError } from './errors';
 import type { GenerationStatus, Message, UpgradeRecord } from './protocol';
@@ -9,6 +10,13 @@ import type { Generation } from './successors';
 import type { UpgraderEvents } from './options';
 
 const debug = createDebug('handover:requests');
+
+/** describeAddress: where a server listens, as an operator writes it. */
+function describeAddress(address: AddressInfo | string | null): string | undefined {
+  if (address === null) return undefined;
+  if (typeof address === 'string') return address;
+  return address.family === 'IPv6' ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
+}
 
 /** The requests a generation answers; the link of each is released (no successor behind it). */
 export type ControlRequest = Extract<Message, { type: 'STATUS' | 'UPGRADE' }>;
@@ -50,7 +58,10 @@ export class ControlRequests {
       state: generation.lifecycle.state,
       startedAt: Date.now() - uptime,
       uptime,
-      listeners: [...generation.servers.values()].filter((entry) => entry.server.listening || entry.keptFd !== undefined).map((entry) => ({ key: entry.key, kind: entry.kind })),
+      listeners: [...generation.servers.values()].filter((entry) => entry.server.listening || entry.keptFd !== undefined).map((entry) => {
+        const address = describeAddress(entry.server.address());
+        return { key: entry.key, kind: entry.kind, ...(address === undefined ? {} : { address }) };
+      }),
       connections: generation.tracker.totals,
     };
     if (generation.predecessor) status.predecessorPid = generation.predecessor.pid;

@@ -75,7 +75,8 @@ export interface GenerationStatus {
   startedAt: number;
   /** ms since startedAt, by the generation's own clock. */
   uptime: number;
-  listeners: { key: string; kind: ListenerKind }[];
+  /** address: where it listens now ('127.0.0.1:8080', '[::]:443', a unix path), when the server listens. */
+  listeners: { key: string; kind: ListenerKind; address?: string }[];
   /** Connections: open now; since start, closed here and moved to a successor. */
   connections: { open: number; closed: number; moved: number };
   /** Its own predecessor, while that still retires. */
@@ -365,7 +366,7 @@ function decodeStatus(value: unknown): GenerationStatus {
     uptime: expectCount(value.uptime, 'STATUS_REPLY: uptime'),
     listeners: listeners.map((entry) => {
       if (!isObject(entry) || !isString(entry.key) || (entry.kind !== 'tcp' && entry.kind !== 'unix' && entry.kind !== 'named')) throw protocolError('STATUS_REPLY: malformed listener');
-      return { key: entry.key, kind: entry.kind };
+      return { key: entry.key, kind: entry.kind, ...(entry.address === undefined ? {} : { address: expectString(entry.address, 'STATUS_REPLY: listener address') }) };
     }),
     connections: {
       open: expectCount(connections.open, 'STATUS_REPLY: connections.open'),

@@ -63,7 +63,7 @@ export function formatStatus(dir: string, status: GenerationStatus): string {
     `generation   ${status.generation}`,
     `state        ${status.state}`,
     `uptime       ${duration(status.uptime)} (since ${new Date(status.startedAt).toISOString()})`,
-    `listeners    ${status.listeners.length === 0 ? 'none' : status.listeners.map((l) => l.key).join(', ')}`,
+    `listeners    ${status.listeners.length === 0 ? 'none' : status.listeners.map((l) => (l.address === undefined ? l.key : `${l.address} (${l.key})`)).join(', ')}`,
     `connections  ${status.connections.open} open; since start ${status.connections.closed} closed, ${status.connections.moved} moved to a successor`,
   ];
   if (status.predecessorPid !== undefined) lines.push(`predecessor  pid ${status.predecessorPid}, still retiring`);
