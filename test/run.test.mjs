@@ -211,12 +211,28 @@ describe('two containers sharing dir and network', { skip }, () => {
     const second = start([cli, 'run', '--dir', dir, '--', process.execPath, example, '--port', port, '--host', '127.0.0.1', '--dir', dir]);
     await second.waitForLine(/^ready pid=\d+ port=\d+/);
     assert.deepEqual(await first.exited, { code: 0, signal: null });
-    assert.ok(first.lines.some((line) => /no successor: exiting$/.test(line)), first.lines.join('\n'));
+    assert.ok(first.lines.some((line) => /a process outside this container serves in .*: exiting$/.test(line)), first.lines.join('\n'));
     const report = await wrk.result;
     assert.ok(report.requests > 100, report.raw);
     assert.deepEqual({ connect: report.connect, read: report.read, write: report.write, timeout: report.timeout, non2xx: report.non2xx }, { connect: 0, read: 0, write: 0, timeout: 0, non2xx: 0 }, report.raw);
     const status = statusOf(dir);
     assert.equal(status.generation, 2);
+    assert.equal((await get(Number(port))).status, 200);
+  });
+
+  test('--stay-after-handover: the first container stays idle after the handover (a pod would restart it), and exits 0 on SIGTERM', async () => {
+    const dir = path.join(sandbox.dir(), 'ctl');
+    const first = start([cli, 'run', '--dir', dir, '--stay-after-handover', '--', process.execPath, example, '--port', '0', '--host', '127.0.0.1', '--dir', dir]);
+    const [, , port] = await first.waitForLine(/^ready pid=(\d+) port=(\d+)/);
+    const second = start([cli, 'run', '--dir', dir, '--', process.execPath, example, '--port', port, '--host', '127.0.0.1', '--dir', dir]);
+    await second.waitForLine(/^ready pid=\d+ port=\d+/);
+    await first.waitForLine(/staying idle until SIGTERM$/);
+    assert.equal(statusOf(dir).generation, 2);
+    assert.equal(first.child.exitCode, null);
+    process.kill(await first.mainPid(), 'SIGTERM');
+    assert.deepEqual(await first.exited, { code: 0, signal: null });
+    // The second container serves on, untouched.
+    assert.equal(statusOf(dir).generation, 2);
     assert.equal((await get(Number(port))).status, 200);
   });
 });

@@ -12,7 +12,7 @@ import { run } from './run';
 const USAGE = `usage:
   handover status  --dir D [--json] [--timeout MS]
   handover upgrade --dir D [--dir D2 ...] [--json] [--timeout MS]
-  handover run [--dir D] -- <command> [args...]
+  handover run [--dir D [--stay-after-handover]] -- <command> [args...]
 
 status   what the generation serving in D is doing: pid, generation, uptime, listeners, connections,
          the last upgrade and its result.
@@ -22,7 +22,8 @@ upgrade  asks the generation serving in D to upgrade, shows each step, and exits
 run      starts <command> and stays the main process while its generations hand over: reaps every
          child, forwards SIGTERM/SIGINT to the generation serving now, turns SIGHUP into an upgrade
          (over D's control socket with --dir, else SIGHUP to the generation), and exits with the
-         status of the last generation.
+         status of the last generation. --stay-after-handover: when a process outside this
+         container took over D, stay idle until SIGTERM instead of exiting (a pod's sidecar).
 
 exit status: 0 done; 1 the upgrade failed or was refused (the generation serves on); 2 usage;
 3 no generation runs in D; 4 --timeout passed (an upgrade may still finish); 5 other errors.`;
@@ -163,6 +164,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         timeout: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
+        'stay-after-handover': { type: 'boolean' },
       },
     }));
   } catch (err) {
@@ -196,7 +198,8 @@ export async function main(argv: readonly string[]): Promise<number> {
       case 'run':
         if (command.length === 0) throw new UsageError('run needs a command after --');
         if (dirs.length > 1) throw new UsageError('run takes at most one --dir');
-        return await run(command, { dir: dirs[0] === undefined ? undefined : path.resolve(dirs[0]), log: (line) => process.stderr.write(`[handover run ${process.pid}] ${line}\n`) });
+        if (values['stay-after-handover'] && dirs.length === 0) throw new UsageError('--stay-after-handover needs --dir');
+        return await run(command, { dir: dirs[0] === undefined ? undefined : path.resolve(dirs[0]), stayAfterHandover: values['stay-after-handover'] === true, log: (line) => process.stderr.write(`[handover run ${process.pid}] ${line}\n`) });
       case undefined:
         throw new UsageError('a command is needed');
       default:

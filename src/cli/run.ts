@@ -17,6 +17,12 @@ const FORWARDED = ['SIGTERM', 'SIGINT', 'SIGUSR2'] as const;
 export interface RunOptions {
   /** The control directory of the server: SIGHUP then upgrades over its control socket, and the next generation is found through it. */
   dir: string | undefined;
+  /**
+   * After the generation handed over to a process outside this supervisor's reach (another
+   * container sharing dir), stay idle until SIGTERM/SIGINT instead of exiting: a container that
+   * exits is restarted by its pod, and the old release would take over again (kubernetes.md).
+   */
+  stayAfterHandover?: boolean;
   log(line: string): void;
 }
 
@@ -67,6 +73,8 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
   return new Promise<number>((resolve) => {
     let current: number | undefined;
     let stopping: NodeJS.Signals | undefined;
+    // Set while idle after a handover to another container: the status to exit with on SIGTERM.
+    let idleStatus: number | undefined;
     let finished = false;
     // Exits are handled one at a time: finding the next generation may take a status request.
     let handling = Promise.resolve();
@@ -88,15 +96,19 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
       }
     };
 
-    /** nextGeneration: the child that serves now that `exited` is gone, if any. */
-    const nextGeneration = async (exited: number): Promise<number | undefined> => {
+    /**
+     * nextGeneration: the child that serves now that `exited` is gone; 'elsewhere' when a process
+     * outside this supervisor's children serves in dir (another container); undefined when none.
+     */
+    const nextGeneration = async (exited: number): Promise<number | 'elsewhere' | undefined> => {
       if (dir !== undefined) {
-        // Whoever owns control.sock now, if it is our child (another PID namespace shows pid 0:
-        // a successor in another container took over, and this one is done).
+        // Whoever owns control.sock now, if it is our child. Its pid is the kernel's translation
+        // into this PID namespace: 0 for a successor in another container (never compare pids
+        // across the boundary).
         try {
           const { peer } = await requestStatus(dir, { timeout: 5000 });
           if (peer.pid > 0 && peer.pid !== exited && liveChildren().includes(peer.pid)) return peer.pid;
-          return undefined;
+          return 'elsewhere';
         } catch (err) {
           if (!isHandoverError(err, 'ERR_HANDOVER_NOT_RUNNING')) log(`cannot ask ${dir} who serves (${(err as Error).message})`);
           return undefined;
@@ -117,8 +129,14 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
       handling = handling.then(async () => {
         const next = await nextGeneration(pid);
         if (finished) return;
-        if (next === undefined) {
-          log(`generation pid ${pid} exited (status ${status}); no successor: exiting`);
+        if (next === 'elsewhere' && options.stayAfterHandover && !stopping) {
+          log(`generation pid ${pid} exited (status ${status}); a process outside this container serves in ${dir}: staying idle until SIGTERM`);
+          current = undefined;
+          idleStatus = status;
+          return;
+        }
+        if (next === undefined || next === 'elsewhere') {
+          log(`generation pid ${pid} exited (status ${status}); ${next === 'elsewhere' ? `a process outside this container serves in ${dir}` : 'no successor'}: exiting`);
           finish(status);
           return;
         }
@@ -150,6 +168,7 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
       process.on(name, () => {
         if (name !== 'SIGUSR2') stopping = name;
         if (current !== undefined) signal(current, name);
+        else if (idleStatus !== undefined && name !== 'SIGUSR2') finish(idleStatus);
       });
     }
     let upgrading = false;
@@ -176,7 +195,9 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
     });
 
     const [file, ...args] = command;
-    const child = spawn(file!, args, { stdio: 'inherit' });
+    // A session of its own, like every successor the library spawns: each generation gets the
+    // signals the supervisor forwards, and only those (not a terminal's Ctrl-C a second time).
+    const child = spawn(file!, args, { stdio: 'inherit', detached: true });
     child.once('error', (err) => {
       log(`cannot start ${file}: ${err.message}`);
       finish(127);
