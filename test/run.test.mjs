@@ -218,6 +218,11 @@ describe('two containers sharing dir and network', { skip }, () => {
     const status = statusOf(dir);
     assert.equal(status.generation, 2);
     assert.equal((await get(Number(port))).status, 200);
+    // Seen from yet another PID namespace (a third container), the generation is not local.
+    const elsewhere = spawnSync('unshare', ['--pid', '--fork', '--mount-proc', process.execPath, cli, 'status', '--dir', dir, '--json'], { cwd: root, encoding: 'utf8', timeout: 30_000 });
+    assert.equal(elsewhere.status, 0, elsewhere.stderr);
+    assert.equal(JSON.parse(elsewhere.stdout).local, false);
+    assert.equal(JSON.parse(handover(['status', '--dir', dir, '--json']).stdout).local, true, 'the parent namespace sees every pid');
   });
 
   test('--stay-after-handover: the first container stays idle after the handover (a pod would restart it), and exits 0 on SIGTERM', async () => {

@@ -57,10 +57,10 @@ function duration(ms: number): string {
 }
 
 /** formatStatus: the status as an operator reads it, one fact per line. */
-export function formatStatus(dir: string, status: GenerationStatus): string {
+export function formatStatus(dir: string, status: GenerationStatus, local: boolean): string {
   const lines = [
     `dir          ${dir}`,
-    `pid          ${status.pid}`,
+    `pid          ${status.pid}${local ? '' : ' (in another PID namespace: another container)'}`,
     `generation   ${status.generation}`,
     `state        ${status.state}`,
     `uptime       ${duration(status.uptime)} (since ${new Date(status.startedAt).toISOString()})`,
@@ -101,8 +101,10 @@ async function statusCommand(dirs: string[], json: boolean, timeout: number): Pr
   if (dirs.length !== 1) throw new UsageError('status needs exactly one --dir');
   const dir = path.resolve(dirs[0]!);
   try {
-    const { status } = await requestStatus(dir, { timeout });
-    process.stdout.write(json ? `${JSON.stringify({ ok: true, dir, status })}\n` : `${formatStatus(dir, status)}\n`);
+    const { status, peer } = await requestStatus(dir, { timeout });
+    // The kernel translates the peer's pid into this PID namespace: 0 when it runs in another one.
+    const local = peer.pid > 0;
+    process.stdout.write(json ? `${JSON.stringify({ ok: true, dir, local, status })}\n` : `${formatStatus(dir, status, local)}\n`);
     return EXIT.ok;
   } catch (err) {
     const record = errorRecord(err);
