@@ -49,8 +49,8 @@ function childrenOf(pid) {
  * view: they are never signalled from here. The namespace ends with its init, killed by its pid
  * as this namespace sees it.
  */
-function start(args, { namespace = true } = {}) {
-  const argv = namespace ? ['unshare', '--pid', '--fork', '--mount-proc', process.execPath, ...args] : [process.execPath, ...args];
+function start(args, { namespace = true, program } = {}) {
+  const argv = program ? [program, ...args] : namespace ? ['unshare', '--pid', '--fork', '--mount-proc', process.execPath, ...args] : [process.execPath, ...args];
   const child = spawn(argv[0], argv.slice(1), { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   const proc = {
     child,
@@ -59,7 +59,7 @@ function start(args, { namespace = true } = {}) {
     exited: new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal }))),
     /** The pid (here) of the process that runs `args`: unshare's child in a namespace. */
     async mainPid() {
-      if (!namespace) return child.pid;
+      if (!namespace || program) return child.pid;
       let pid;
       await waitUntil(() => (pid = childrenOf(child.pid)[0]?.pid) !== undefined, 10_000, 'the namespace init');
       return pid;
@@ -85,8 +85,9 @@ function start(args, { namespace = true } = {}) {
     async end() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       // The supervisor's children first when it runs here (killing it would orphan them), then itself.
-      const main = namespace ? childrenOf(child.pid)[0]?.pid : child.pid;
-      if (!namespace && main !== undefined) for (const { pid } of childrenOf(main)) process.kill(pid, 'SIGKILL');
+      const main = namespace && !program ? childrenOf(child.pid)[0]?.pid : child.pid;
+      if (program) for (const { pid } of childrenOf(child.pid)) process.kill(pid, 'SIGKILL');
+      else if (!namespace && main !== undefined) for (const { pid } of childrenOf(main)) process.kill(pid, 'SIGKILL');
       if (main !== undefined) process.kill(main, 'SIGKILL');
       await Promise.race([proc.exited, sleep(5000)]);
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
@@ -239,5 +240,21 @@ describe('two containers sharing dir and network', { skip }, () => {
     // The second container serves on, untouched.
     assert.equal(statusOf(dir).generation, 2);
     assert.equal((await get(Number(port))).status, 200);
+  });
+
+  test('a successor started by hand in the same PID namespace (not a child of the supervisor) is watched, and gets the forwarded SIGTERM', async () => {
+    const dir = path.join(sandbox.dir(), 'ctl');
+    const container = start([cli, 'run', '--dir', dir, '--', process.execPath, example, '--port', '0', '--host', '127.0.0.1', '--dir', dir]);
+    const [, , port] = await container.waitForLine(/^ready pid=(\d+) port=(\d+)/);
+    const init = await container.mainPid();
+    // `docker exec` of a second server: it joins the namespace, its parent stays outside.
+    const byHand = start(['--target', String(init), '--pid', '--mount', '--', process.execPath, example, '--port', port, '--host', '127.0.0.1', '--dir', dir], { program: 'nsenter' });
+    await byHand.waitForLine(/^ready pid=\d+/);
+    await container.waitForLine(/serves in .* but is not a child of this supervisor: watching it$/);
+    assert.equal(statusOf(dir).generation, 2);
+    process.kill(init, 'SIGTERM');
+    assert.deepEqual(await byHand.exited, { code: 0, signal: null });
+    assert.deepEqual(await container.exited, { code: 0, signal: null });
+    assert.ok(container.lines.some((line) => /is gone \(not our child: its exit status is unknown\)$/.test(line)), container.lines.join('\n'));
   });
 });

@@ -78,7 +78,9 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
     let finished = false;
     // Exits are handled one at a time: finding the next generation may take a status request.
     let handling = Promise.resolve();
-    const reported = new Set<number>();
+    // The generation serves from a process of this namespace that is not our child (started by
+    // hand, `docker exec`): its exit is seen by polling, with no status.
+    let foreign = false;
 
     const finish = (status: number): void => {
       if (finished) return;
@@ -107,8 +109,10 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
         // across the boundary).
         try {
           const { peer } = await requestStatus(dir, { timeout: 5000 });
-          if (peer.pid > 0 && peer.pid !== exited && liveChildren().includes(peer.pid)) return peer.pid;
-          return 'elsewhere';
+          if (peer.pid <= 0 || peer.pid === exited) return 'elsewhere';
+          foreign = !liveChildren().includes(peer.pid);
+          if (foreign) log(`pid ${peer.pid} serves in ${dir} but is not a child of this supervisor: watching it`);
+          return peer.pid;
         } catch (err) {
           if (!isHandoverError(err, 'ERR_HANDOVER_NOT_RUNNING')) log(`cannot ask ${dir} who serves (${(err as Error).message})`);
           return undefined;
@@ -118,10 +122,11 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
       return children.at(-1);
     };
 
+    // Each exit is reported once: by libuv's 'exit' for the first child or by reap(), whichever
+    // called waitpid() first (the other finds nothing).
     const onExit = (pid: number, code: number | null, sig: NodeJS.Signals | number | null): void => {
-      if (reported.has(pid)) return;
-      reported.add(pid);
       const status = exitStatus(code, sig);
+      if (pid === current) foreign = false;
       if (pid !== current) {
         log(`pid ${pid} exited (status ${status})`);
         return;
@@ -162,7 +167,17 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
     process.on('SIGCHLD', reap);
     // Signal watchers do not keep Node alive, nor does the unref'd child: this does, and it reaps
     // whatever a coalesced SIGCHLD left behind.
-    const keepAlive = setInterval(reap, 1000);
+    const keepAlive = setInterval(() => {
+      reap();
+      if (!foreign || current === undefined) return;
+      const state = statFields(current)?.[0];
+      if (state !== undefined && state !== 'Z' && state !== 'X') return;
+      if (Number(statFields(current)?.[1]) === process.pid) return; // adopted meanwhile: reap() reports it
+      const gone = current;
+      foreign = false;
+      log(`pid ${gone} is gone (not our child: its exit status is unknown)`);
+      onExit(gone, 0, null);
+    }, 1000);
 
     for (const name of FORWARDED) {
       process.on(name, () => {
