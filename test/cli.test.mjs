@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
-import { ChannelListener } from 'handover';
+import { ChannelListener, requestStatus, requestUpgrade } from 'handover';
 import { Sandbox, fixtures, forOtherUser, get, root } from './helpers.mjs';
 
 const cli = path.join(root, 'dist', 'cli', 'main.js');
@@ -117,6 +117,21 @@ describe('handover upgrade', () => {
     assert.equal(status.lastUpgrade.result, 'succeeded');
     assert.equal(status.lastUpgrade.predecessorPid, server.pid);
     agent.destroy();
+  });
+
+  // The predecessor says BYE to its successor before it reports 'retired' to the client: the next
+  // request finds the successor free (no ERR_UPGRADE_IN_PROGRESS for a predecessor still retiring).
+  test('requestUpgrade() back to back: each one resolves when the next one can start', async () => {
+    const server = await startServer();
+    let from = server.pid;
+    for (let generation = 2; generation <= 4; generation++) {
+      const outcome = await requestUpgrade(server.dir, { timeout: 20_000 });
+      server.group.track(outcome.pid);
+      assert.equal(outcome.from.pid, from);
+      assert.equal(outcome.generation, generation);
+      from = outcome.pid;
+    }
+    assert.equal((await requestStatus(server.dir)).status.pid, from);
   });
 
   test('--json: one object with the steps and the result', async () => {
