@@ -36,8 +36,21 @@ function statFields(pid: number): string[] | undefined {
   }
 }
 
-/** liveChildren: this process's children that have not ended, oldest first (adopted orphans included). */
+/**
+ * ownProc: whether /proc is this PID namespace's (a container runtime mounts one; `unshare --pid`
+ * needs --mount-proc). In another namespace's /proc, pids name other processes.
+ */
+function ownProc(): boolean {
+  try {
+    return fs.readlinkSync('/proc/self') === String(process.pid);
+  } catch {
+    return false;
+  }
+}
+
+/** liveChildren: this process's children that have not ended, oldest first (adopted orphans included); none when /proc is not ours. */
 function liveChildren(): number[] {
+  if (!ownProc()) return [];
   const children: { pid: number; start: number }[] = [];
   for (const name of fs.readdirSync('/proc')) {
     const pid = Number(name);
@@ -70,6 +83,7 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
       log(`cannot become a child subreaper (${(err as Error).message}): successors will be adopted by PID 1, not by this supervisor`);
     }
   }
+  if (!ownProc()) log(`/proc is not this PID namespace's: children cannot be listed${dir === undefined ? ', and without --dir a successor cannot be recognised (this supervisor ends with its first generation)' : ''}; mount a /proc of its own (unshare --mount-proc)`);
   return new Promise<number>((resolve) => {
     let current: number | undefined;
     let stopping: NodeJS.Signals | undefined;
@@ -170,9 +184,13 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
     const keepAlive = setInterval(() => {
       reap();
       if (!foreign || current === undefined) return;
-      const state = statFields(current)?.[0];
-      if (state !== undefined && state !== 'Z' && state !== 'X') return;
-      if (Number(statFields(current)?.[1]) === process.pid) return; // adopted meanwhile: reap() reports it
+      // kill(pid, 0) sees this PID namespace whatever /proc shows; a zombie of ours is reap()'s.
+      try {
+        process.kill(current, 0);
+        return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') return;
+      }
       const gone = current;
       foreign = false;
       log(`pid ${gone} is gone (not our child: its exit status is unknown)`);
