@@ -13,10 +13,27 @@ import { Sandbox, fixtures, forOtherUser, get, root } from './helpers.mjs';
 const cli = path.join(root, 'dist', 'cli', 'main.js');
 const serverScript = path.join(fixtures, 'server.mjs');
 const sandbox = new Sandbox();
-afterEach(() => sandbox.cleanup());
+afterEach(async () => {
+  await sandbox.cleanup();
+  groups.length = 0;
+});
 
-/** handover ARGS, run to its end (killed by pid after 30 s: a hung CLI is a failure, not a leak). */
+/** Every group of this file: a pid the CLI reports (a successor) is ended with them. */
+const groups = [];
+
+/**
+ * handover ARGS, run to its end (killed by pid after 30 s: a hung CLI is a failure, not a leak).
+ * Every pid it prints (spawned successors) is tracked: a test may end before the successor's own
+ * ready line has come through the pipe.
+ */
 function handover(args, options = {}) {
+  return run(args, options).then((result) => {
+    for (const [, pid] of `${result.stdout}\n${result.stderr}`.matchAll(/pid"?[ :=]+(\d+)/g)) for (const group of groups) group.track(Number(pid));
+    return result;
+  });
+}
+
+function run(args, options) {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [cli, ...args], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'], ...options });
     let stdout = '';
@@ -35,6 +52,7 @@ function handover(args, options = {}) {
 /** A generation of test/fixtures/server.mjs in a dir of its own; `mode` is what its successors do. */
 async function startServer(mode = 'normal', env = {}) {
   const group = sandbox.group();
+  groups.push(group);
   const base = sandbox.dir();
   const dir = path.join(base, 'ctl');
   const modeFile = path.join(base, 'mode');
