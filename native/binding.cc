@@ -9,6 +9,7 @@
 #include "fdpass.h"
 #include "glue.h"
 #include "poller.h"
+#include "supervise.h"
 
 namespace {
 
@@ -115,6 +116,26 @@ Napi::Value ReceiveMessage(const Napi::CallbackInfo& info) {
   message.Set("bytes", Napi::Number::New(env, static_cast<double>(result.value)));
   message.Set("fds", fds);
   return message;
+}
+
+Napi::Value ReapChild(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  supervise::ChildExit exit;
+  fdpass::Result result = supervise::ReapChild(&exit);
+  if (result.err != 0) return ThrowSystemError(env, result);
+  if (result.value == 0) return env.Null();
+  Napi::Object object = Napi::Object::New(env);
+  object.Set("pid", Napi::Number::New(env, static_cast<double>(exit.pid)));
+  object.Set("code", Napi::Number::New(env, exit.code));
+  object.Set("signal", Napi::Number::New(env, exit.signal));
+  return object;
+}
+
+Napi::Value SetChildSubreaper(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  fdpass::Result result = supervise::SetChildSubreaper();
+  if (result.err != 0) return ThrowSystemError(env, result);
+  return env.Undefined();
 }
 
 Napi::Value PeerCredentials(const Napi::CallbackInfo& info) {
@@ -224,6 +245,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setNonBlocking", Napi::Function::New<SetNonBlocking>(env, "setNonBlocking"));
   exports.Set("notify", Napi::Function::New<Notify>(env, "notify"));
   exports.Set("unixDatagramBind", Napi::Function::New<UnixDatagramBind>(env, "unixDatagramBind"));
+  exports.Set("reapChild", Napi::Function::New<ReapChild>(env, "reapChild"));
+  exports.Set("setChildSubreaper", Napi::Function::New<SetChildSubreaper>(env, "setChildSubreaper"));
   exports.Set("createPoller", Napi::Function::New<poller::CreatePoller>(env, "createPoller"));
   return exports;
 }

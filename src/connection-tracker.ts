@@ -37,6 +37,11 @@ export class ConnectionTracker {
     return this.open.size;
   }
 
+  /** totals: open now; since this generation started, closed here and moved to a successor. */
+  get totals(): { open: number; closed: number; moved: number } {
+    return { open: this.open.size, closed: this.closedCount, moved: this.movedCount };
+  }
+
   /** track counts a socket until it closes. */
   track(socket: net.Socket, key: string): void {
     if (this.open.has(socket)) return;

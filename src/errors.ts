@@ -31,7 +31,13 @@ export type HandoverErrorCode =
   /** The upgrader was stopped while the operation was pending. */
   | 'ERR_HANDOVER_STOPPED'
   /** systemd could not be notified, or its LISTEN_FDS were not for this process or malformed. */
-  | 'ERR_HANDOVER_SYSTEMD';
+  | 'ERR_HANDOVER_SYSTEMD'
+  /** The successor was lost after it was ready; the predecessor rolled back and serves again (a control client's result). */
+  | 'ERR_UPGRADE_ROLLED_BACK'
+  /** No generation runs in the control directory (no control.sock, or nobody listens on it). */
+  | 'ERR_HANDOVER_NOT_RUNNING'
+  /** A control client's --timeout passed before the answer (an upgrade may still finish). */
+  | 'ERR_HANDOVER_TIMEOUT';
 
 /** HandoverError is the single error class thrown or emitted by handover, so callers can switch on `code`. */
 export class HandoverError extends Error {

@@ -28,3 +28,6 @@ export { FdChannel, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_FDS_PER_FRAME } from './
 export { ChannelListener, connectChannel, channelPair } from './channel-endpoints';
 export type { Frame, FdChannelOptions, SendOptions } from './channel';
 export type { PeerCredentials, SocketInfo, SocketType, SocketFamily } from './native';
+export { requestStatus, requestUpgrade } from './control-client';
+export type { ControlRequestOptions, UpgradeProgress, UpgradeOutcome } from './control-client';
+export type { GenerationStatus, UpgradeRecord, UpgradeStep } from './protocol';

@@ -74,9 +74,13 @@ export type LinkPhase = 'connected' | 'offered' | 'ready' | 'released';
 
 type MessageType = Message['type'];
 
-/** What a predecessor accepts from its successor in each phase; anything else is a protocol error. */
+/**
+ * What a predecessor accepts from its successor in each phase; anything else is a protocol error.
+ * A control client (`handover status`, `handover upgrade`) is a peer whose first message is
+ * STATUS or UPGRADE: its link is released at once (nothing more is accepted from it) and answered.
+ */
 export const FROM_SUCCESSOR: Readonly<Record<LinkPhase, readonly MessageType[]>> = {
-  connected: ['HELLO', 'PING'],
+  connected: ['HELLO', 'PING', 'STATUS', 'UPGRADE'],
   offered: ['READY', 'ABORT'],
   ready: ['COMMIT', 'CONN_ACK', 'WRITE_ACK', 'ABORT', 'BYE'],
   released: [],
@@ -89,6 +93,9 @@ export const FROM_PREDECESSOR: Readonly<Record<LinkPhase, readonly MessageType[]
   ready: ['CONN', 'WRITE', 'BYE'],
   released: [],
 };
+
+/** What a control client accepts from the generation it asked (the link has no phases: one request, its answers). */
+export const FROM_GENERATION: readonly MessageType[] = ['STATUS_REPLY', 'PROGRESS', 'RESULT', 'REFUSED'];
 
 /** accepts tells whether `message` is allowed in `phase` by `table`. */
 export function accepts(table: Readonly<Record<LinkPhase, readonly MessageType[]>>, phase: LinkPhase, message: Message): boolean {

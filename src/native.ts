@@ -86,6 +86,13 @@ export interface Binding {
   notify(path: string, data: Buffer, fds: readonly number[], timeoutMs: number): number;
   /** A non-blocking, close-on-exec SOCK_DGRAM socket bound at `path`: the receiving end of notify() (tests play systemd with it). */
   unixDatagramBind(path: string): number;
+  /**
+   * waitpid(-1, WNOHANG): how one ended child (adopted orphans included) ended, or null when none
+   * has ended yet or there is no child. `signal` is 0 for an exit, else the signal number (code -1).
+   */
+  reapChild(): { pid: number; code: number; signal: number } | null;
+  /** prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants are reparented here (Linux; ENOSYS elsewhere). */
+  setChildSubreaper(): void;
   /** A readiness watcher on fd (uv_poll_t on the main loop). */
   createPoller(fd: number, callback: PollCallback): Poller;
 }

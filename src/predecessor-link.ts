@@ -40,7 +40,7 @@ export class PredecessorLink {
    * undefined when there is none (no control.sock, or a stale one left by a crash: removed), or
    * when the predecessor went away before answering.
    */
-  static async connect(dir: string, options: { readyTimeout: number; allowedUids: ReadonlySet<number>; os: ProcessLayer }): Promise<{ link: PredecessorLink; listeners: InheritedListener[]; warnings: HandoverError[] } | undefined> {
+  static async connect(dir: string, options: { readyTimeout: number; allowedUids: ReadonlySet<number>; os: ProcessLayer }): Promise<{ link: PredecessorLink; listeners: InheritedListener[]; warnings: HandoverError[]; generation: number | undefined } | undefined> {
     const socketPath = path.join(dir, CONTROL_SOCKET);
     let channel: FdChannel;
     try {
@@ -118,7 +118,7 @@ export class PredecessorLink {
       listeners.push({ key: entry.key, kind: entry.kind, fd, info: info! });
     }
     debug('inherited %d listeners from pid %d', listeners.length, reply.pid);
-    return { link: new PredecessorLink(session, reply.pid, peer.pid), listeners, warnings };
+    return { link: new PredecessorLink(session, reply.pid, peer.pid), listeners, warnings, generation: reply.generation };
   }
 
   /**

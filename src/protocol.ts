@@ -21,6 +21,11 @@ export const MessageType = {
   PING: 12,
   PONG: 13,
   COMMIT: 14,
+  STATUS: 15,
+  STATUS_REPLY: 16,
+  UPGRADE: 17,
+  PROGRESS: 18,
+  RESULT: 19,
 } as const;
 export type MessageTypeName = keyof typeof MessageType;
 
@@ -45,9 +50,47 @@ export interface ConnEntry {
   state?: unknown;
 }
 
+/** The result of the last upgrade a generation knows of: the one that started it, or a later one that failed. */
+export interface UpgradeRecord {
+  result: 'succeeded' | 'failed' | 'rolled-back';
+  /** When it ended (ms since the epoch). */
+  at: number;
+  /** The generation that handed over (for 'succeeded': this one's predecessor). */
+  predecessorPid?: number;
+  /** The successor involved, where one was known. */
+  successorPid?: number;
+  /** The error code of a failure ('failed', 'rolled-back'). */
+  code?: string;
+  reason?: string;
+}
+
+/** What a running generation says about itself (STATUS_REPLY), as `handover status` shows it. */
+export interface GenerationStatus {
+  pid: number;
+  /** 1 for a fresh start, one more at each upgrade (passed on in LISTENERS). */
+  generation: number;
+  /** The upgrader's state: serving, upgrading, retiring, ... */
+  state: string;
+  /** When this process started serving... or started, before it serves (ms since the epoch). */
+  startedAt: number;
+  /** ms since startedAt, by the generation's own clock. */
+  uptime: number;
+  /** address: where it listens now ('127.0.0.1:8080', '[::]:443', a unix path), when the server listens. */
+  listeners: { key: string; kind: ListenerKind; address?: string }[];
+  /** Connections: open now; since start, closed here and moved to a successor. */
+  connections: { open: number; closed: number; moved: number };
+  /** Its own predecessor, while that still retires. */
+  predecessorPid?: number;
+  lastUpgrade?: UpgradeRecord;
+}
+
+/** The steps of an upgrade asked for over the control socket, in order. */
+export type UpgradeStep = 'spawned' | 'connected' | 'ready' | 'moving' | 'retired';
+
 export type Message =
   | { type: 'HELLO'; version: number; pid: number }
-  | { type: 'LISTENERS'; pid: number; listeners: ListenerEntry[]; fds: number[] }
+  /** generation: the predecessor's generation number (the successor's is one more); optional for older peers. */
+  | { type: 'LISTENERS'; pid: number; listeners: ListenerEntry[]; fds: number[]; generation?: number }
   | { type: 'REFUSED'; code: string; reason: string }
   /** credit (optional): how many more fds the successor can receive now (fd flow control). */
   | { type: 'READY'; pid: number; credit?: number }
@@ -65,7 +108,15 @@ export type Message =
   | { type: 'COMMIT' }
   /** Is a generation alive behind this control socket? The first message of a link, answered with PONG, changing nothing. */
   | { type: 'PING' }
-  | { type: 'PONG'; pid: number };
+  | { type: 'PONG'; pid: number }
+  /** A control client (not a successor) asks what the generation is doing; answered with STATUS_REPLY, then closed. */
+  | { type: 'STATUS'; version: number }
+  | { type: 'STATUS_REPLY'; status: GenerationStatus }
+  /** A control client asks the generation to upgrade; answered with PROGRESS messages, then RESULT, then closed. */
+  | { type: 'UPGRADE'; version: number }
+  | { type: 'PROGRESS'; step: UpgradeStep; pid?: number; connections?: number }
+  /** How an UPGRADE ended: ok with the successor's pid and generation, or the error code and reason. */
+  | { type: 'RESULT'; ok: boolean; code?: string; reason?: string; pid?: number; generation?: number; report?: { closed: number; moved: number; remaining: number; timedOut: boolean } };
 
 export type MessageOf<T extends Message['type']> = Extract<Message, { type: T }>;
 
@@ -82,7 +133,7 @@ export function encode(message: Message): { payload: Buffer; fds: number[] } {
   let fds: number[] = [];
   switch (message.type) {
     case 'LISTENERS':
-      header = { pid: message.pid, listeners: message.listeners };
+      header = { pid: message.pid, listeners: message.listeners, ...(message.generation === undefined ? {} : { generation: message.generation }) };
       fds = message.fds;
       break;
     case 'CONN':
@@ -164,7 +215,8 @@ export function decode(frame: Frame): Message {
       }
       if (new Set(entries.map((e) => e.key)).size !== entries.length) throw protocolError('LISTENERS: duplicate keys');
       if (fds.length !== entries.length) throw protocolError(`LISTENERS: ${entries.length} listeners but ${fds.length} fds`);
-      return { type: 'LISTENERS', pid: header.pid, listeners: entries, fds };
+      if (header.generation !== undefined && !isCount(header.generation)) throw protocolError('LISTENERS: generation must be a count');
+      return { type: 'LISTENERS', pid: header.pid, listeners: entries, fds, ...(header.generation === undefined ? {} : { generation: header.generation }) };
     }
     case 'REFUSED': {
       expectNoFds();
@@ -243,5 +295,94 @@ export function decode(frame: Frame): Message {
       if (!isCount(header.pid)) throw protocolError('PONG needs pid');
       return { type: 'PONG', pid: header.pid };
     }
+    case 'STATUS':
+    case 'UPGRADE': {
+      expectNoFds();
+      expectNoBody();
+      if (!isCount(header.version)) throw protocolError(`${name} needs version`);
+      return { type: name, version: header.version };
+    }
+    case 'STATUS_REPLY': {
+      expectNoFds();
+      expectNoBody();
+      return { type: 'STATUS_REPLY', status: decodeStatus(header.status) };
+    }
+    case 'PROGRESS': {
+      expectNoFds();
+      expectNoBody();
+      if (!UPGRADE_STEPS.has(header.step as UpgradeStep)) throw protocolError(`PROGRESS: unknown step ${String(header.step)}`);
+      if (header.pid !== undefined && !isCount(header.pid)) throw protocolError('PROGRESS: pid must be a count');
+      if (header.connections !== undefined && !isCount(header.connections)) throw protocolError('PROGRESS: connections must be a count');
+      return {
+        type: 'PROGRESS',
+        step: header.step as UpgradeStep,
+        ...(header.pid === undefined ? {} : { pid: header.pid }),
+        ...(header.connections === undefined ? {} : { connections: header.connections }),
+      };
+    }
+    case 'RESULT': {
+      expectNoFds();
+      expectNoBody();
+      if (typeof header.ok !== 'boolean') throw protocolError('RESULT needs ok');
+      const result: MessageOf<'RESULT'> = { type: 'RESULT', ok: header.ok };
+      if (header.code !== undefined) result.code = expectString(header.code, 'RESULT: code');
+      if (header.reason !== undefined) result.reason = expectString(header.reason, 'RESULT: reason');
+      if (header.pid !== undefined) result.pid = expectCount(header.pid, 'RESULT: pid');
+      if (header.generation !== undefined) result.generation = expectCount(header.generation, 'RESULT: generation');
+      if (header.report !== undefined) {
+        const report = header.report;
+        if (!isObject(report) || !isCount(report.closed) || !isCount(report.moved) || !isCount(report.remaining) || typeof report.timedOut !== 'boolean') throw protocolError('RESULT: malformed report');
+        result.report = { closed: report.closed, moved: report.moved, remaining: report.remaining, timedOut: report.timedOut };
+      }
+      if (!result.ok && result.code === undefined) throw protocolError('RESULT: a failure needs a code');
+      return result;
+    }
   }
+}
+
+const UPGRADE_STEPS: ReadonlySet<UpgradeStep> = new Set(['spawned', 'connected', 'ready', 'moving', 'retired']);
+const UPGRADE_RESULTS: ReadonlySet<string> = new Set(['succeeded', 'failed', 'rolled-back']);
+
+function expectCount(value: unknown, what: string): number {
+  if (!isCount(value)) throw protocolError(`${what} must be a count`);
+  return value;
+}
+
+function expectString(value: unknown, what: string): string {
+  if (!isString(value)) throw protocolError(`${what} must be a string`);
+  return value;
+}
+
+/** decodeStatus checks a GenerationStatus field by field (it is shown to an operator and parsed by scripts). */
+function decodeStatus(value: unknown): GenerationStatus {
+  if (!isObject(value)) throw protocolError('STATUS_REPLY needs status');
+  const { connections, listeners, lastUpgrade } = value;
+  if (!isObject(connections) || !Array.isArray(listeners)) throw protocolError('STATUS_REPLY: status needs connections and listeners');
+  const status: GenerationStatus = {
+    pid: expectCount(value.pid, 'STATUS_REPLY: pid'),
+    generation: expectCount(value.generation, 'STATUS_REPLY: generation'),
+    state: expectString(value.state, 'STATUS_REPLY: state'),
+    startedAt: expectCount(value.startedAt, 'STATUS_REPLY: startedAt'),
+    uptime: expectCount(value.uptime, 'STATUS_REPLY: uptime'),
+    listeners: listeners.map((entry) => {
+      if (!isObject(entry) || !isString(entry.key) || (entry.kind !== 'tcp' && entry.kind !== 'unix' && entry.kind !== 'named')) throw protocolError('STATUS_REPLY: malformed listener');
+      return { key: entry.key, kind: entry.kind, ...(entry.address === undefined ? {} : { address: expectString(entry.address, 'STATUS_REPLY: listener address') }) };
+    }),
+    connections: {
+      open: expectCount(connections.open, 'STATUS_REPLY: connections.open'),
+      closed: expectCount(connections.closed, 'STATUS_REPLY: connections.closed'),
+      moved: expectCount(connections.moved, 'STATUS_REPLY: connections.moved'),
+    },
+  };
+  if (value.predecessorPid !== undefined) status.predecessorPid = expectCount(value.predecessorPid, 'STATUS_REPLY: predecessorPid');
+  if (lastUpgrade !== undefined) {
+    if (!isObject(lastUpgrade) || !UPGRADE_RESULTS.has(lastUpgrade.result as string)) throw protocolError('STATUS_REPLY: malformed lastUpgrade');
+    const record: UpgradeRecord = { result: lastUpgrade.result as UpgradeRecord['result'], at: expectCount(lastUpgrade.at, 'STATUS_REPLY: lastUpgrade.at') };
+    if (lastUpgrade.predecessorPid !== undefined) record.predecessorPid = expectCount(lastUpgrade.predecessorPid, 'STATUS_REPLY: lastUpgrade.predecessorPid');
+    if (lastUpgrade.successorPid !== undefined) record.successorPid = expectCount(lastUpgrade.successorPid, 'STATUS_REPLY: lastUpgrade.successorPid');
+    if (lastUpgrade.code !== undefined) record.code = expectString(lastUpgrade.code, 'STATUS_REPLY: lastUpgrade.code');
+    if (lastUpgrade.reason !== undefined) record.reason = expectString(lastUpgrade.reason, 'STATUS_REPLY: lastUpgrade.reason');
+    status.lastUpgrade = record;
+  }
+  return status;
 }

@@ -154,7 +154,7 @@ export class ServerSet {
 }
 
 /** listening: a server accepts, or a UDP socket is bound and not closed. */
-function listening(server: net.Server | dgram.Socket): boolean {
+export function listening(server: net.Server | dgram.Socket): boolean {
   return server instanceof dgram.Socket ? datagramBound(server) : server.listening;
 }
 

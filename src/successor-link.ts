@@ -27,8 +27,10 @@ export type LinkEnd =
 export interface SuccessorLinkHooks {
   /** HELLO is valid: may this successor go on? Returns a refusal, or undefined to accept. */
   admit(link: SuccessorLink): { code: HandoverErrorCode; reason: string } | undefined;
-  /** The listeners to offer (dups, owned by the link once returned). Throws to refuse. */
-  offer(): { listeners: ListenerEntry[]; fds: number[] };
+  /** The listeners to offer (dups, owned by the link once returned), and this generation's number. Throws to refuse. */
+  offer(): { listeners: ListenerEntry[]; fds: number[]; generation: number };
+  /** A control client's request (STATUS, UPGRADE): the link is released; the owner answers on its session, then closes it. */
+  request(link: SuccessorLink, request: Extract<Message, { type: 'STATUS' | 'UPGRADE' }>): void;
   /** READY arrived in the right phase. The owner stops accepting, then calls acknowledgeReady(). */
   ready(link: SuccessorLink): void;
   /** A message of the move phase (CONN_ACK, WRITE_ACK). */
@@ -142,6 +144,17 @@ export class SuccessorLink {
       case 'HELLO':
         this.onHello(message);
         return;
+      case 'STATUS':
+      case 'UPGRADE':
+        // A client, not a successor: no readyTimeout (an upgrade takes as long as it takes), nothing more accepted from it.
+        clearTimeout(this.timer);
+        if (message.version !== PROTOCOL_VERSION) {
+          this.refuse('ERR_HANDOVER_VERSION', `protocol version ${message.version} is not ${PROTOCOL_VERSION}`);
+          return;
+        }
+        this.phaseValue = 'released';
+        this.hooks.request(this, message);
+        return;
       case 'READY':
         clearTimeout(this.timer);
         this.readyCredit = message.credit;
@@ -186,7 +199,7 @@ export class SuccessorLink {
       return;
     }
     this.phaseValue = 'offered';
-    this.session.send({ type: 'LISTENERS', pid: process.pid, listeners: offer.listeners, fds: offer.fds }, { closeFdsAfterSend: true }).then(
+    this.session.send({ type: 'LISTENERS', pid: process.pid, listeners: offer.listeners, fds: offer.fds, generation: offer.generation }, { closeFdsAfterSend: true }).then(
       () => fault('listeners', 'predecessor', this.peerPid),
       (err: Error) => debug('sending listeners failed: %s', err.message),
     );

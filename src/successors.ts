@@ -15,6 +15,7 @@ import type { Retirement } from './retirement';
 import type { ServerSet } from './servers';
 import type { ResolvedOptions, UpgraderEvents } from './options';
 import type { FdChannel } from './channel';
+import type { Message } from './protocol';
 import { runtimeCapabilities } from './runtime';
 
 const debug = createDebug('handover:successors');
@@ -25,6 +26,8 @@ const successorLink = (): typeof import('./successor-link') => require('./succes
 /** What the parts of one generation share: its state, its servers and connections, its directory. */
 export interface Generation {
   readonly dir: string;
+  /** 1 on a fresh start, the predecessor's number plus one after an upgrade (known once the listeners arrived). */
+  number: number;
   readonly options: ResolvedOptions;
   readonly os: ProcessLayer;
   readonly lifecycle: Lifecycle;
@@ -49,7 +52,16 @@ export class Successors {
   private retirement: Retirement | undefined;
   private pendingUpgrade: { spawned: SpawnedSuccessor; resolve: (pid: number) => void; reject: (err: HandoverError) => void } | undefined;
 
-  constructor(private readonly generation: Generation) {}
+  constructor(
+    private readonly generation: Generation,
+    /** A control client's request (STATUS, UPGRADE), answered on the link's session. */
+    private readonly onRequest: (link: SuccessorLink, request: Extract<Message, { type: 'STATUS' | 'UPGRADE' }>) => void,
+  ) {}
+
+  /** The pid of the successor upgrade() spawned, while it is not ready yet. */
+  get spawnedPid(): number | undefined {
+    return this.pendingUpgrade?.spawned.pid;
+  }
 
   /** Whether upgrade() started a successor that is not ready yet. */
   get upgradePending(): boolean {
@@ -73,14 +85,15 @@ export class Successors {
     }
     const link = new (successorLink().SuccessorLink)(channel, credentials, this.generation.options.readyTimeout, {
       admit: (candidate) => this.admit(candidate),
-      offer: () => this.generation.servers.offer(),
+      offer: () => ({ ...this.generation.servers.offer(), generation: this.generation.number }),
+      request: (from, request) => this.onRequest(from, request),
       ready: (ready) => this.generation.queue.run(() => this.onSuccessorReady(ready)),
       message: (from, message) => (from === this.successor && this.retirement ? this.retirement.onMessage(message) : from.fail(`unexpected ${message.type}`)),
       ended: (ended, end) => this.generation.queue.run(() => this.onSuccessorEnded(ended, end)),
     });
     this.links.add(link);
     if (!this.generation.options.allowedUids.has(credentials.uid)) {
-      const reason = `uid ${credentials.uid} is not allowed to take over`;
+      const reason = `uid ${credentials.uid} is not allowed (allowedUids) to take over or control this process`;
       link.refuse('ERR_UPGRADE_REFUSED', reason);
       this.generation.warn(new HandoverError('ERR_UPGRADE_REFUSED', `refused a successor (pid ${credentials.pid}, uid ${credentials.uid}): ${reason}`));
     }

@@ -14,6 +14,7 @@ import { ConnectionTracker, type ConnectionsReport } from './connection-tracker'
 import { PredecessorLink } from './predecessor-link';
 import { systemProcesses, EXIT_GRACE_MS, waitGone, type ProcessLayer } from './spawner';
 import { Successors, type Generation } from './successors';
+import { ControlRequests } from './control-requests';
 import { ServerSet } from './servers';
 import { adapterFor, setControlService } from './adapters/adapter';
 import { checkProtocol, ProtocolServerAdapter } from './adapters/net';
@@ -48,6 +49,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
   private predecessor: PredecessorLink | undefined;
   private readonly successors: Successors;
   private readonly systemd: Systemd | undefined;
+  private readonly requests: ControlRequests;
 
   constructor(options: UpgraderOptions, private readonly os: ProcessLayer = systemProcesses) {
     super();
@@ -59,6 +61,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     const upgrader = this;
     this.generation = {
       dir: settings.dir,
+      number: 1,
       options: settings,
       os,
       lifecycle: this.lifecycle,
@@ -73,7 +76,8 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       warn: (err) => this.warn(err),
       transition: (event) => this.transition(event),
     };
-    this.successors = new Successors(this.generation);
+    this.successors = new Successors(this.generation, (link, request) => this.requests.serve(link, request));
+    this.requests = new ControlRequests(this.generation, { events: this, upgrade: () => this.upgrade(), spawnedPid: () => this.successors.spawnedPid });
     if (settings.systemd) {
       // The fd store keeps the stream listeners (UDP sockets are not stored yet).
       const streamServers = () => [...this.servers.values()].flatMap((entry) => (entry.server instanceof net.Server ? [{ key: entry.key, server: entry.server }] : []));
@@ -113,6 +117,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
       return;
     }
     this.predecessor = found.link;
+    this.generation.number = (found.generation ?? 0) + 1;
     for (const listener of found.listeners) this.inherited.set(listener.key, listener);
     for (const warning of found.warnings) this.warn(warning);
   }

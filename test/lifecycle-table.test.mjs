@@ -45,7 +45,8 @@ describe('the transition table', () => {
   });
 
   test('each phase accepts only its messages, and a released link accepts nothing', () => {
-    assert.deepEqual(FROM_SUCCESSOR.connected, ['HELLO', 'PING']);
+    // A control client (handover status / upgrade) starts with STATUS or UPGRADE instead of HELLO.
+    assert.deepEqual(FROM_SUCCESSOR.connected, ['HELLO', 'PING', 'STATUS', 'UPGRADE']);
     assert.ok(!FROM_SUCCESSOR.connected.includes('READY'));
     assert.ok(!FROM_SUCCESSOR.offered.includes('HELLO'));
     assert.deepEqual(FROM_SUCCESSOR.released, []);
