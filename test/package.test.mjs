@@ -44,7 +44,7 @@ before(async () => {
 });
 
 test('npm pack ships dist/, the native sources, the linux-x64 prebuilt binary, README, LICENSE and docs: nothing else', () => {
-  const allowed = [/^dist\/[\w/-]+\.(js|d\.ts|js\.map)$/, /^native\/\w+\.(cc|h)$/, /^prebuilds\/linux-x64\/handover\.glibc\.node$/, /^docs\/[\w-]+\.md$/, /^(binding\.gyp|package\.json|README\.md|LICENSE)$/];
+  const allowed = [/^dist\/[\w/-]+\.(js|d\.ts|js\.map)$/, /^native\/\w+\.(cc|h)$/, /^prebuilds\/linux-x64\/handover\.glibc\.node$/, /^docs\/[\w-]+\.(md|svg)$/, /^(binding\.gyp|package\.json|README\.md|LICENSE)$/];
   assert.deepEqual(files.filter((file) => !allowed.some((pattern) => pattern.test(file))), []);
   for (const needed of ['dist/index.js', 'dist/index.d.ts', 'dist/testing.js', 'native/fdpass.cc', 'native/fdpass.h', 'binding.gyp', 'prebuilds/linux-x64/handover.glibc.node', 'README.md', 'LICENSE', 'docs/api.md']) {
     assert.ok(files.includes(needed), `${needed} in the package`);
