@@ -6,6 +6,7 @@
 // HANDOVER_LISTEN_PARENT_PID), and a grandchild does not take it.
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -111,4 +112,15 @@ test('under systemd without --dir: refused, status 2, nothing started', async ()
   assert.equal(fs.existsSync(marker), false);
   receiver.drain();
   assert.deepEqual(receiver.texts(), []);
+});
+
+test('the sample units for handover run parse (systemd-analyze verify)', () => {
+  const dir = sandbox.dir();
+  for (const name of ['my-server-run.service', 'my-server-run.socket']) {
+    fs.writeFileSync(path.join(dir, name), fs.readFileSync(path.join(root, 'examples', 'systemd', name), 'utf8').replaceAll('/usr/bin/node', process.execPath));
+  }
+  const verify = (unit) => execFileSync('sh', ['-c', 'systemd-analyze verify --man=no "$0" 2>&1', path.join(dir, unit)], { encoding: 'utf8' });
+  for (const unit of ['my-server-run.service', 'my-server-run.socket']) assert.equal(verify(unit), '', unit);
+  fs.writeFileSync(path.join(dir, 'broken.service'), '[Service]\nType=notify\nKillMode=mixd\nExecStart=/bin/true\n');
+  assert.match(verify('broken.service'), /Failed to parse kill mode/);
 });
