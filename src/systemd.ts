@@ -60,20 +60,43 @@ export interface ActivatedListener extends InheritedListener {
 }
 
 /**
- * takeListenFds does sd_listen_fds(3) with unset_environment: the fds of $LISTEN_FDS when
- * $LISTEN_PID is this process, moved to close-on-exec copies (a spawned successor must not inherit
- * them by accident) and described. LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES are removed from
- * `env` in every case, so children never take fds meant for this process.
+ * LISTEN_PARENT_PID: set by `handover run` instead of LISTEN_PID when it passes the fds systemd
+ * gave it on to its first generation (Node's spawn() cannot set the child's own pid between fork
+ * and exec). `HANDOVER_LISTEN_PARENT_PID=P` with no LISTEN_PID says "for the direct child of P":
+ * a process whose parent is P takes them; a grandchild (a wrapper that forks, `npm start`) does
+ * not, exactly as LISTEN_PID would have excluded it.
  */
-export function takeListenFds(env: NodeJS.ProcessEnv, pid: number): { listeners: ActivatedListener[]; problems: string[] } {
+export const LISTEN_PARENT_PID = 'HANDOVER_LISTEN_PARENT_PID';
+
+/** isPid: a decimal pid string equal to `pid`. */
+function isPid(value: string | undefined, pid: number): boolean {
+  return value !== undefined && /^\d+$/.test(value) && Number(value) === pid;
+}
+
+/**
+ * takeListenFds does sd_listen_fds(3) with unset_environment: the fds of $LISTEN_FDS when
+ * $LISTEN_PID is this process (or, with no LISTEN_PID, when $HANDOVER_LISTEN_PARENT_PID is its
+ * parent: `handover run` passing them on), moved to close-on-exec copies (a spawned successor must
+ * not inherit them by accident) and described. LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES and
+ * HANDOVER_LISTEN_PARENT_PID are removed from `env` in every case, so children never take fds
+ * meant for this process.
+ */
+export function takeListenFds(env: NodeJS.ProcessEnv, pid: number, parentPid: number = process.ppid): { listeners: ActivatedListener[]; problems: string[] } {
   const { LISTEN_PID: listenPid, LISTEN_FDS: listenFds, LISTEN_FDNAMES: listenFdNames } = env;
+  const listenParentPid = env[LISTEN_PARENT_PID];
   delete env.LISTEN_PID;
   delete env.LISTEN_FDS;
   delete env.LISTEN_FDNAMES;
+  delete env[LISTEN_PARENT_PID];
   const listeners: ActivatedListener[] = [];
   const problems: string[] = [];
   if (listenFds === undefined) return { listeners, problems };
-  if (listenPid === undefined || !/^\d+$/.test(listenPid) || Number(listenPid) !== pid) {
+  if (listenPid === undefined && listenParentPid !== undefined) {
+    if (!isPid(listenParentPid, parentPid)) {
+      problems.push(`LISTEN_FDS=${listenFds} is for a child of pid ${listenParentPid}, not this process (its parent is ${parentPid}); ignored`);
+      return { listeners, problems };
+    }
+  } else if (!isPid(listenPid, pid)) {
     problems.push(`LISTEN_FDS=${listenFds} is for pid ${listenPid ?? '(no LISTEN_PID)'}, not this process (${pid}); ignored`);
     return { listeners, problems };
   }

@@ -24,6 +24,8 @@ run      starts <command> and stays the main process while its generations hand 
          (over D's control socket with --dir, else SIGHUP to the generation), and exits with the
          status of the last generation. --stay-after-handover: when a process outside this
          container took over D, stay idle until SIGTERM instead of exiting (a pod's sidecar).
+         Under systemd (NOTIFY_SOCKET) it is the unit's main process: --dir is required, it says
+         READY=1 / RELOADING=1 / STOPPING=1 itself, and passes LISTEN_FDS to its first generation.
 
 exit status: 0 done; 1 the upgrade failed or was refused (the generation serves on); 2 usage;
 3 no generation runs in D; 4 --timeout passed (an upgrade may still finish); 5 other errors.`;

@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import { binding } from '../native';
 import { requestStatus, requestUpgrade } from '../control-client';
 import { isHandoverError } from '../errors';
+import { LISTEN_PARENT_PID, notifyAddress } from '../systemd';
 
 /** The signals passed on to the generation serving now. */
 const FORWARDED = ['SIGTERM', 'SIGINT', 'SIGUSR2'] as const;
@@ -68,6 +69,66 @@ function exitStatus(code: number | null, signal: NodeJS.Signals | number | null)
   return code ?? 1;
 }
 
+/** sd_listen_fds(3): the first fd passed by the service manager. */
+const LISTEN_FDS_START = 3;
+/** How often the supervisor asks whether its first generation serves yet, under systemd (ms). */
+const READY_POLL_MS = 100;
+
+/**
+ * ServiceManager: systemd as the supervisor sees it. The supervisor stays the unit's main process
+ * (its generations come and go under it): it keeps $NOTIFY_SOCKET to itself and says READY=1,
+ * RELOADING=1 and STOPPING=1 for the whole service; the generations get no NOTIFY_SOCKET (nor
+ * FDSTORE), so none of them sends MAINPID=<its pid>. See docs/systemd.md.
+ */
+class ServiceManager {
+  private failed = false;
+  ready = false;
+
+  constructor(private readonly address: string, private readonly log: (line: string) => void) {}
+
+  notify(message: string): void {
+    try {
+      binding().notify(this.address, Buffer.from(message), [], 1000);
+    } catch (err) {
+      if (this.failed) return;
+      this.failed = true;
+      this.log(`cannot notify systemd at NOTIFY_SOCKET (${message.split('\n')[0]}): ${(err as Error).message}`);
+    }
+  }
+}
+
+/**
+ * generationEnv: what the first generation is started with. Without systemd's variables: the
+ * supervisor speaks to systemd. Socket activation meant for the supervisor (LISTEN_PID is its pid)
+ * is passed on: the same fds at 3, 4, ..., LISTEN_FDS and LISTEN_FDNAMES, and, since spawn()
+ * cannot put the child's own pid in LISTEN_PID, HANDOVER_LISTEN_PARENT_PID=<supervisor pid>,
+ * which the library accepts from its parent only.
+ */
+function generationEnv(log: (line: string) => void): { env: NodeJS.ProcessEnv; fds: number[] } {
+  const env = { ...process.env };
+  for (const name of ['NOTIFY_SOCKET', 'FDSTORE', 'LISTEN_PID', 'LISTEN_FDS', 'LISTEN_FDNAMES', LISTEN_PARENT_PID]) delete env[name];
+  const { LISTEN_PID: listenPid, LISTEN_FDS: listenFds, LISTEN_FDNAMES: listenFdNames } = process.env;
+  if (listenFds === undefined) return { env, fds: [] };
+  const count = /^\d+$/.test(listenFds) ? Number(listenFds) : NaN;
+  if (listenPid !== String(process.pid) || !Number.isSafeInteger(count) || count > 65536) {
+    log(`LISTEN_FDS=${listenFds} is for pid ${listenPid ?? '(no LISTEN_PID)'}, not this supervisor (${process.pid}); not passed on`);
+    return { env, fds: [] };
+  }
+  const fds = Array.from({ length: count }, (_, index) => LISTEN_FDS_START + index);
+  for (const fd of fds) {
+    try {
+      fs.fstatSync(fd);
+    } catch (err) {
+      log(`fd ${fd} of LISTEN_FDS=${listenFds}: ${(err as Error).message}; socket activation not passed on`);
+      return { env, fds: [] };
+    }
+  }
+  env.LISTEN_FDS = listenFds;
+  if (listenFdNames !== undefined) env.LISTEN_FDNAMES = listenFdNames;
+  env[LISTEN_PARENT_PID] = String(process.pid);
+  return { env, fds };
+}
+
 /**
  * run starts `command` and supervises its generations until the last one exits; resolves with
  * that generation's exit status. The caller exits with it.
@@ -75,6 +136,13 @@ function exitStatus(code: number | null, signal: NodeJS.Signals | number | null)
 export function run(command: readonly string[], options: RunOptions): Promise<number> {
   const { log, dir } = options;
   const native = binding();
+  const notifySocket = notifyAddress(process.env.NOTIFY_SOCKET);
+  if (notifySocket !== undefined && dir === undefined) {
+    // READY=1 would be a guess: only the control socket says that a generation serves.
+    log('under systemd (NOTIFY_SOCKET is set) handover run needs --dir: it learns through the control socket when the first generation serves (READY=1) and upgrades it on SIGHUP (RELOADING=1)');
+    return Promise.resolve(2);
+  }
+  const systemd = notifySocket === undefined ? undefined : new ServiceManager(notifySocket, log);
   if (process.pid !== 1) {
     // Not PID 1: a successor orphaned by its predecessor's exit must still come here, not to init.
     try {
@@ -95,11 +163,13 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
     // The generation serves from a process of this namespace that is not our child (started by
     // hand, `docker exec`): its exit is seen by polling, with no status.
     let foreign = false;
+    let readyPoll: NodeJS.Timeout | undefined;
 
     const finish = (status: number): void => {
       if (finished) return;
       finished = true;
       clearInterval(keepAlive);
+      clearTimeout(readyPoll);
       for (const signal of [...FORWARDED, 'SIGHUP', 'SIGCHLD'] as const) process.removeAllListeners(signal);
       resolve(status);
     };
@@ -199,7 +269,10 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
 
     for (const name of FORWARDED) {
       process.on(name, () => {
-        if (name !== 'SIGUSR2') stopping = name;
+        if (name !== 'SIGUSR2') {
+          if (stopping === undefined && systemd?.ready) systemd.notify('STOPPING=1');
+          stopping = name;
+        }
         if (current !== undefined) signal(current, name);
         else if (idleStatus !== undefined && name !== 'SIGUSR2') finish(idleStatus);
       });
@@ -217,6 +290,9 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
       }
       upgrading = true;
       log(`SIGHUP: upgrading ${dir}`);
+      // notify-reload: systemd waits for RELOADING=1 (with the time, as it compares it with when it sent SIGHUP), then READY=1.
+      const reloading = systemd?.ready === true;
+      if (reloading) systemd!.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}`);
       requestUpgrade(dir, { onProgress: (progress) => log(`upgrade: ${progress.step}${progress.pid === undefined ? '' : ` pid ${progress.pid}`}${progress.connections === undefined ? '' : ` ${progress.connections} connections`}`) })
         .then(
           (outcome) => log(`upgraded: generation ${outcome.generation}${outcome.pid ? ` (pid ${outcome.pid})` : ''} serves now`),
@@ -224,13 +300,24 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
         )
         .finally(() => {
           upgrading = false;
+          // Succeeded or failed, a generation serves again (a failed upgrade leaves the old one serving).
+          if (reloading && !finished && !stopping) systemd!.notify('READY=1');
         });
     });
 
     const [file, ...args] = command;
     // A session of its own, like every successor the library spawns: each generation gets the
     // signals the supervisor forwards, and only those (not a terminal's Ctrl-C a second time).
-    const child = spawn(file!, args, { stdio: 'inherit', detached: true });
+    const { env, fds } = generationEnv(log);
+    const child = spawn(file!, args, { env, stdio: ['inherit', 'inherit', 'inherit', ...fds], detached: true });
+    // The first generation holds them now; systemd keeps its own copies.
+    for (const fd of fds) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // already closed
+      }
+    }
     child.once('error', (err) => {
       log(`cannot start ${file}: ${err.message}`);
       finish(127);
@@ -244,5 +331,28 @@ export function run(command: readonly string[], options: RunOptions): Promise<nu
     if (current !== undefined) log(`started ${file} (pid ${current})`);
     // An exit that came before SIGCHLD was watched.
     reap();
+
+    // Under systemd: READY=1 once a generation of ours answers on the control socket (it commits
+    // control.sock in ready(), once it listens).
+    const pollReady = (): void => {
+      if (finished || !systemd || systemd.ready) return;
+      requestStatus(dir!, { timeout: 1000 }).then(
+        ({ peer }) => {
+          // Stopped before it served: systemd is told nothing more (it sees the exit).
+          if (finished || systemd.ready || stopping) return;
+          if (peer.pid > 0 && (peer.pid === current || liveChildren().includes(peer.pid))) {
+            systemd.ready = true;
+            log(`pid ${peer.pid} serves: READY=1`);
+            systemd.notify(`MAINPID=${process.pid}\nREADY=1`);
+            return;
+          }
+          readyPoll = setTimeout(pollReady, READY_POLL_MS);
+        },
+        () => {
+          if (!finished && !stopping) readyPoll = setTimeout(pollReady, READY_POLL_MS);
+        },
+      );
+    };
+    pollReady();
   });
 }
