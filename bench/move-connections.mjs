@@ -333,19 +333,15 @@ async function runOnce(n, index) {
     const acksSent = newMarks.filter((m) => m[1] === 'send' && m[2] === 'CONN_ACK');
     const lastAck = acksRecv[acksRecv.length - 1]?.[0];
     const runs = adopted.runs;
-    // Per batch in the successor: CONN received -> CONN_ACK sent (new net.Socket per fd) and
-    // CONN_ACK sent -> last 'connection' of its run (emit 'connection', resume, timers).
+    // Per batch in the successor: CONN received -> CONN_ACK sent (checking the fds; before the
+    // connections are started, if the library acknowledges first). Runs: the 'connection' events of
+    // one turn of the successor's loop; the last one's end is when the last adopted connection is live.
     const adoptMs = connRecv.map((m, i) => (acksSent[i] ? ms(m[0], acksSent[i][0]) : NaN));
-    // The run of each batch: the first run of 'connection' events that starts after its CONN_ACK
-    // (runs of connections accepted fresh, e.g. a load client reconnecting, are skipped).
-    const batchRuns = [];
-    for (let i = 0, j = 0; i < acksSent.length; i++) {
-      while (j < runs.length && big(runs[j][0]) < big(acksSent[i][0])) j++;
-      if (j < runs.length && (i + 1 >= acksSent.length || big(runs[j][0]) < big(acksSent[i + 1][0]))) batchRuns.push(runs[j++]);
-      else batchRuns.push(undefined);
-    }
-    const injectMs = batchRuns.map((r, i) => (r ? ms(acksSent[i][0], r[1]) : NaN));
-    const lastLive = batchRuns.filter(Boolean).at(-1)?.[1];
+    const liveRuns = runs.filter((r) => big(r[0]) >= big(readySent));
+    const lastRun = liveRuns.at(-1);
+    const lastLive = lastRun?.[1];
+    const injectMs = [lastLive ? ms(acksSent[0]?.[0] ?? readySent, lastLive) : NaN];
+    const batchRuns = liveRuns;
     const perConn = (list, counts) => {
       const total = list.reduce((a, b) => a + (Number.isNaN(b) ? 0 : b), 0);
       const conns = counts.reduce((a, b) => a + b, 0);
@@ -365,12 +361,12 @@ async function runOnce(n, index) {
       lastAckToRetiredMs: ms(lastAck, retired[5]),
       // CPU time (user + system) each process spent on the move: READY -> BYE in the successor,
       // 'retiring' -> 'retired' in the predecessor. Less sensitive to other load than wall time.
-      successorCpuMs: (num(bye) - num(succ, 4)) / 1000,
+      successorCpuMs: (Math.max(num(bye), lastRun?.[3] ?? 0) - num(succ, 4)) / 1000,
       predecessorCpuMs: (num(retired, 6) - num(retiring, 2)) / 1000,
       batches: connSent.length,
       fdsSent: connSent.reduce((a, m) => a + m[3], 0),
       successorAdopt: perConn(adoptMs, connRecv.map((m) => m[3])),
-      successorInject: perConn(injectMs, batchRuns.map((r) => r?.[2] ?? 0)),
+      successorInject: perConn(injectMs, [liveRuns.reduce((a, r) => a + r[2], 0)]),
       successorBatchMedianMs: { adopt: median(adoptMs), inject: median(injectMs) },
       adoptedInSuccessor: adopted.connections,
       moved: num(retired, 2),
@@ -397,6 +393,12 @@ async function runOnce(n, index) {
         spawn: latencyStats(loadData.records, Number(tSighup / 1000n), Number(big(readySent) / 1000n)),
         move: latencyStats(loadData.records, Number(big(readySent) / 1000n), Number(big(lastLive ?? retired[5]) / 1000n)),
         after: latencyStats(loadData.records, Number(big(lastLive ?? retired[5]) / 1000n) + 1, Number(tAfterEnd / 1000n)),
+        // The slowest requests: [sent, ms after READY was sent; latency ms; pid that answered].
+        slowest: (() => {
+          const list = [];
+          for (let i = 0; i < loadData.records.length; i += 4) list.push([(loadData.records[i] - Number(big(readySent) / 1000n)) / 1000, loadData.records[i + 1] / 1000, loadData.records[i + 2]]);
+          return list.sort((a, b) => b[1] - a[1]).slice(0, 20);
+        })(),
         pidsAfter: (() => {
           const pids = {};
           for (let i = 0; i < loadData.records.length; i += 4) if (loadData.records[i] > Number(big(lastLive ?? retired[5]) / 1000n)) pids[loadData.records[i + 2]] = (pids[loadData.records[i + 2]] ?? 0) + 1;
@@ -466,7 +468,9 @@ function analyseProfiles(profDir, { oldPid, newPid, from, to, readyRecv, lastAck
       buckets:
         role === 'successor'
           ? {
-              'adoptBatch (all)': pick(/^adoptBatch src\/connections\.ts/),
+              'acknowledge (all)': pick(/^acknowledge src\/connections\/adopter\.ts/),
+              'startParked (all)': pick(/^startParked src\/connections\/adopter\.ts/),
+              'fdCredit': pick(/^fdCredit /),
               'new net.Socket (Socket ctor)': pick(/^Socket node:net:/),
               'start(): emit connection etc.': pick(/^start src\/connections\.ts/),
               'connectionListenerInternal (http)': pick(/^connectionListenerInternal node:_http_server/),

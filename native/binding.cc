@@ -151,6 +151,26 @@ Napi::Value SocketInfo(const Napi::CallbackInfo& info) {
   return object;
 }
 
+// One check per fd of a CONN frame, in one call: a Uint8Array of fdpass::ConnectionCheck codes.
+Napi::Value CheckConnections(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) {
+    Napi::TypeError error = Napi::TypeError::New(env, "fds must be an array of fds");
+    error.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
+    error.ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array list = info[0].As<Napi::Array>();
+  uint32_t count = list.Length();
+  Napi::Uint8Array checks = Napi::Uint8Array::New(env, count);
+  for (uint32_t i = 0; i < count; i++) {
+    int fd = 0;
+    if (!GetFd(env, list.Get(i), "fd", &fd)) return env.Undefined();
+    checks[i] = fdpass::CheckConnection(fd);
+  }
+  return checks;
+}
+
 Napi::Value Dup(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = 0;
@@ -194,6 +214,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("recvmsg", Napi::Function::New<ReceiveMessage>(env, "recvmsg"));
   exports.Set("peerCredentials", Napi::Function::New<PeerCredentials>(env, "peerCredentials"));
   exports.Set("socketInfo", Napi::Function::New<SocketInfo>(env, "socketInfo"));
+  exports.Set("checkConnections", Napi::Function::New<CheckConnections>(env, "checkConnections"));
   exports.Set("dup", Napi::Function::New<Dup>(env, "dup"));
   exports.Set("close", Napi::Function::New<Close>(env, "close"));
   exports.Set("setNonBlocking", Napi::Function::New<SetNonBlocking>(env, "setNonBlocking"));

@@ -83,6 +83,18 @@ Result PeerCredentials(int fd, Credentials* credentials);
 // ENOTSOCK (from getsockopt) when fd is not a socket.
 Result DescribeSocket(int fd, SocketDescription* description);
 
+// What a received fd is, as a moved connection: kConnection for a connected (not listening) stream
+// socket of family inet, inet6 or unix; otherwise why not. Three getsockopt calls, no getsockname:
+// the successor checks every fd of a CONN frame before it acknowledges them.
+enum ConnectionCheck : uint8_t {
+  kConnection = 0,
+  kNotSocket = 1,     // getsockopt failed (ENOTSOCK, EBADF)
+  kNotStream = 2,     // SOCK_DGRAM, SOCK_SEQPACKET, ...
+  kUnknownFamily = 3, // neither inet, inet6 nor unix
+  kListening = 4,     // SO_ACCEPTCONN
+};
+ConnectionCheck CheckConnection(int fd);
+
 // fcntl(F_DUPFD_CLOEXEC); value is the new fd.
 Result Dup(int fd);
 

@@ -73,6 +73,11 @@ export interface Binding {
   recvmsg(fd: number, buffer: Buffer, maxFds: number): ReceivedMessage | null;
   peerCredentials(fd: number): PeerCredentials;
   socketInfo(fd: number): SocketInfo;
+  /**
+   * One check per fd, for the fds of a CONN frame: 0 a connected stream socket (inet, inet6 or
+   * unix, not listening); 1 not a socket; 2 not a stream; 3 another family; 4 listening.
+   */
+  checkConnections(fds: readonly number[]): Uint8Array;
   /** dup with close-on-exec (F_DUPFD_CLOEXEC). */
   dup(fd: number): number;
   close(fd: number): void;

@@ -170,7 +170,7 @@ function udpSocketFd(port) {
 describe('exports', () => {
   test('match the Binding interface', () => {
     assert.equal(native.MAX_FDS_PER_MESSAGE, 253);
-    const functions = ['seqpacketPair', 'seqpacketListen', 'seqpacketConnect', 'unixStreamListen', 'unixStreamConnect', 'accept', 'sendmsg', 'recvmsg', 'peerCredentials', 'socketInfo', 'dup', 'close', 'setNonBlocking', 'createPoller'];
+    const functions = ['seqpacketPair', 'seqpacketListen', 'seqpacketConnect', 'unixStreamListen', 'unixStreamConnect', 'accept', 'sendmsg', 'recvmsg', 'peerCredentials', 'socketInfo', 'checkConnections', 'dup', 'close', 'setNonBlocking', 'createPoller'];
     for (const name of functions) assert.equal(typeof native[name], 'function', name);
     assert.deepEqual(Object.keys(native).sort(), ['MAX_FDS_PER_MESSAGE', ...functions].sort());
   });

@@ -67,6 +67,7 @@ let run;
 let connections = 0;
 const endRun = () => {
   run.end = now();
+  if (gen === "successor") run.cpu = cpu();
   run = undefined;
 };
 server.on('connection', () => {
@@ -91,13 +92,19 @@ say(`ready pid=${process.pid} port=${server.address().port} gen=${gen} t=${now()
 // no client connects between listen() and READY in this bench, so everything counted is adopted.)
 
 const printAdopted = () => {
-  say(`adopted pid=${process.pid} ${JSON.stringify({ connections, runs: runs.map((r) => [String(r.start), String(r.end), r.count]) })}`);
+  say(`adopted pid=${process.pid} ${JSON.stringify({ connections, runs: runs.map((r) => [String(r.start), String(r.end), r.count, r.cpu]) })}`);
   say(`marks pid=${process.pid} ${JSON.stringify(marks)}`);
 };
 
 upgrader.on('predecessorRetired', ({ clean }) => {
   say(`predecessor-retired pid=${process.pid} clean=${clean} t=${now()} cpu=${cpu()}`);
-  printAdopted();
+  // Connections acknowledged last may still be starting (the successor starts them in slices
+  // after acknowledging): report once no connection arrived for 100 ms.
+  const settle = () => {
+    if (run || (runs.length > 0 && now() - runs[runs.length - 1].end < 100_000_000n)) setTimeout(settle, 20);
+    else printAdopted();
+  };
+  settle();
 });
 upgrader.on('retiring', ({ successorPid }) => say(`retiring pid=${process.pid} successor=${successorPid} t=${now()} cpu=${cpu()}`));
 upgrader.on('retired', (report) => {

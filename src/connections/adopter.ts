@@ -9,7 +9,7 @@ import type { ConnEntry, Message } from '../protocol';
 import type { ControlSession } from '../session';
 import { adoptSocket, attachToServer, serverAllowsHalfOpen } from '../runtime';
 import { fault } from '../faults';
-import { fdCredit } from './credit';
+import { CreditMeter, fdCredit } from './credit';
 import type { AdoptHandler } from './types';
 
 const debug = createDebug('handover:connections');
@@ -37,28 +37,42 @@ export function readyCredit(): { credit?: number } {
   return credit === undefined ? {} : { credit };
 }
 
-/** Why a received fd cannot be a moved connection (not a connected stream socket), or undefined. */
-function unfitConnection(fd: number): string | undefined {
-  try {
-    const info = binding().socketInfo(fd);
-    if (info.type !== 'stream') return `the fd is a ${info.type} socket, not a stream`;
-    if (info.family === 'unknown') return 'the fd is a socket of an unknown family';
-    if (info.listening) return 'the fd is a listening socket, not a connection';
-    return undefined;
-  } catch (err) {
-    return `the fd is not a socket (${(err as Error).message})`;
-  }
+/** Why a received fd cannot be a moved connection, by the code of binding().checkConnections(). */
+const UNFIT: Record<number, string> = {
+  1: 'the fd is not a socket',
+  2: 'the fd is not a stream socket',
+  3: 'the fd is a socket of an unknown family',
+  4: 'the fd is a listening socket, not a connection',
+};
+
+/** Adopted connections started per turn of the event loop: the process serves between two slices. */
+const START_SLICE = 64;
+
+/** A connection acknowledged and not yet started: its fd, not yet a net.Socket. */
+interface Parked {
+  fd: number;
+  entry: ConnEntry;
+  pending: Buffer;
+  unflushed: Buffer;
+  target: Target;
 }
 
 /**
- * ConnectionAdopter adopts the fds of a CONN frame, acknowledges the batch, and only once the ACK
- * is in the kernel lets the sockets read (so a successor that dies before acknowledging has read
- * nothing, and the predecessor can keep serving them).
+ * ConnectionAdopter checks the fds of each CONN frame with the kernel (one call for the frame),
+ * acknowledges them, and only once the ACK is in the kernel wraps each fd in a net.Socket and lets
+ * it read (so a successor that dies before acknowledging has read nothing, and the predecessor
+ * can keep serving those connections). Acknowledging does not wait for the sockets: they are
+ * made after the ACK, START_SLICE per turn of the event loop, oldest first, so that this process
+ * keeps serving while it adopts and the predecessor is never kept waiting for Node objects.
  */
 export class ConnectionAdopter {
   private readonly adopted = new Map<number, net.Socket>();
+  /** Acknowledged, not yet started (by id), in the order they arrived. */
+  private readonly parked = new Map<number, Parked>();
   private readonly batches: Extract<Message, { type: 'CONN' }>[] = [];
   private adopting = false;
+  private startScheduled = false;
+  private readonly credit = new CreditMeter();
   /** The last credit announced was 0: look again until there is some, then say so. */
   private creditTimer: NodeJS.Timeout | undefined;
 
@@ -73,14 +87,16 @@ export class ConnectionAdopter {
 
   onMessage(message: Message): boolean {
     if (message.type === 'CONN') {
-      // One batch at a time, with a turn of the event loop between: several CONN frames can arrive
-      // in one read, and this process must keep serving while it adopts (and a crash loses at
-      // most the batch being adopted).
+      // One frame at a time: its CONN_ACK is in the kernel (and its fault point passed) before the
+      // next frame is looked at, so a successor that dies holds at most the frames it answered.
+      this.credit.received(message.fds.length);
       this.batches.push(message);
       if (!this.adopting) this.nextBatch();
       return true;
     }
     if (message.type === 'WRITE') {
+      // A late write for a connection still parked: it starts now (its carried writes go first).
+      if (this.parked.has(message.id)) this.startParked(this.parked.get(message.id)!);
       const socket = this.adopted.get(message.id);
       const ack = (): void => {
         void this.session.send({ type: 'WRITE_ACK', id: message.id, seq: message.seq }).catch(() => undefined);
@@ -105,62 +121,101 @@ export class ConnectionAdopter {
       return;
     }
     this.adopting = true;
-    this.adoptBatch(batch, () => setImmediate(() => this.nextBatch()));
+    this.acknowledge(batch, () => this.nextBatch());
   }
 
-  private adoptBatch(message: Extract<Message, { type: 'CONN' }>, done: () => void): void {
+  /** acknowledge checks a frame's fds, answers it, and parks what it acknowledged until started. */
+  private acknowledge(message: Extract<Message, { type: 'CONN' }>, done: () => void): void {
     const acked: number[] = [];
     const refused: { id: number; reason: string }[] = [];
-    const started: { socket: net.Socket; entry: ConnEntry; pending: Buffer; unflushed: Buffer; target: Target }[] = [];
+    const parked: Parked[] = [];
+    let checks: Uint8Array | undefined;
+    try {
+      checks = binding().checkConnections(message.fds);
+    } catch (err) {
+      debug('cannot check the fds: %s', (err as Error).message);
+    }
+    const targets = new Map<string, Target | undefined>();
     let offset = 0;
     message.conns.forEach((entry, index) => {
       const fd = message.fds[index]!;
-      const pending = message.body.subarray(offset, offset + entry.pendingLength);
+      const pendingStart = offset;
       offset += entry.pendingLength;
-      const unflushed = message.body.subarray(offset, offset + entry.writeLength);
+      const writeStart = offset;
       offset += entry.writeLength;
       const refuse = (reason: string): void => {
         closeFds([fd]);
         refused.push({ id: entry.id, reason });
       };
-      const target = this.hooks.serverFor(entry.key);
+      let target = targets.get(entry.key);
+      if (!targets.has(entry.key)) targets.set(entry.key, (target = this.hooks.serverFor(entry.key)));
       if (!target) return refuse(`no server listens on ${entry.key} here`);
-      const unfit = unfitConnection(fd);
-      if (unfit !== undefined) return refuse(unfit);
-      let socket: net.Socket;
-      try {
-        // manualStart: no read until the predecessor knows the connection is ours.
-        socket = adoptSocket(fd, serverAllowsHalfOpen(target.server));
-      } catch (err) {
-        return refuse(`cannot adopt the fd: ${(err as Error).message}`);
-      }
+      const check = checks ? checks[index]! : 1;
+      if (check !== 0) return refuse(UNFIT[check] ?? `the fd failed its check (${check})`);
       acked.push(entry.id);
-      this.adopted.set(entry.id, socket);
-      socket.once('close', () => this.adopted.delete(entry.id));
-      started.push({ socket, entry, pending: pending.length > 0 ? Buffer.from(pending) : EMPTY, unflushed: unflushed.length > 0 ? Buffer.from(unflushed) : EMPTY, target });
+      // Copies: the frame's body is one buffer; a parked connection must not keep all of it alive.
+      parked.push({
+        fd,
+        entry,
+        pending: entry.pendingLength > 0 ? Buffer.from(message.body.subarray(pendingStart, writeStart)) : EMPTY,
+        unflushed: entry.writeLength > 0 ? Buffer.from(message.body.subarray(writeStart, offset)) : EMPTY,
+        target,
+      });
     });
-    debug('adopted %d, refused %d', acked.length, refused.length);
-    const start = (): void => {
-      fault('conn-acked', 'successor', this.hooks.peerPid);
-      for (const { socket, entry, pending, unflushed, target } of started) this.start(socket, entry, pending, unflushed, target);
-    };
-    // The channel pauses so that this process serves between batches instead of adopting only.
-    this.session.channel.pause();
-    const credit = fdCredit();
+    debug('acknowledging %d, refused %d', acked.length, refused.length);
+    const credit = this.credit.current();
     this.session
       .send({ type: 'CONN_ACK', acked, refused, ...(credit === undefined ? {} : { credit }) })
-      .then(start, (err: Error) => {
-        // Without a delivered ACK the predecessor keeps these connections: two readers would
-        // corrupt them, so close our copies (a plain close; the predecessor still holds each one).
-        debug('CONN_ACK not sent (%s); giving the connections up', err.message);
-        for (const { socket } of started) socket.destroy();
-      })
+      .then(
+        () => {
+          // Ours now: nothing was read before this point.
+          for (const connection of parked) this.parked.set(connection.entry.id, connection);
+          fault('conn-acked', 'successor', this.hooks.peerPid);
+          this.scheduleStart();
+        },
+        (err: Error) => {
+          // Without a delivered ACK the predecessor keeps these connections: two readers would
+          // corrupt them, so close our copies (the predecessor still holds each one).
+          debug('CONN_ACK not sent (%s); giving the connections up', err.message);
+          closeFds(parked.map((connection) => connection.fd));
+        },
+      )
       .catch((err: Error) => debug('adoption failed: %s', err.message))
       .finally(() => {
-        setImmediate(() => this.session.channel.resume());
         if (credit === 0) this.watchCredit();
         done();
       });
+  }
+
+  private scheduleStart(): void {
+    if (this.startScheduled || this.parked.size === 0) return;
+    this.startScheduled = true;
+    setImmediate(() => {
+      this.startScheduled = false;
+      let started = 0;
+      for (const connection of this.parked.values()) {
+        if (started++ === START_SLICE) break;
+        this.startParked(connection);
+      }
+      this.scheduleStart();
+    });
+  }
+
+  /** startParked makes the net.Socket of an acknowledged connection and lets it read. */
+  private startParked({ fd, entry, pending, unflushed, target }: Parked): void {
+    this.parked.delete(entry.id);
+    let socket: net.Socket;
+    try {
+      // manualStart: it reads when start() says so (after its pending bytes are in place).
+      socket = adoptSocket(fd, serverAllowsHalfOpen(target.server));
+    } catch (err) {
+      closeFds([fd]);
+      this.hooks.failed(new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `adopting a connection of ${entry.key} failed: ${(err as Error).message}`, { cause: err }));
+      return;
+    }
+    this.adopted.set(entry.id, socket);
+    socket.once('close', () => this.adopted.delete(entry.id));
+    this.start(socket, entry, pending, unflushed, target);
   }
 
   private start(socket: net.Socket, entry: ConnEntry, pending: Buffer, unflushed: Buffer, target: Target): void {

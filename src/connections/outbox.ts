@@ -30,6 +30,8 @@ export class Outbox {
   private readonly credit: CreditWindow;
   private flushScheduled = false;
   private closed = false;
+  /** The last flush stopped because this process had no free fd to dup: answers must free some first. */
+  starved = false;
 
   /**
    * `stays` hands a connection back (it could not be sent); `maxBody` is what one frame's body
@@ -50,6 +52,11 @@ export class Outbox {
     // A full batch leaves at once, so the successor adopts while this process still decides.
     if (this.queue.length >= BATCH) this.flush();
     else this.scheduleFlush();
+  }
+
+  /** Connections decided and not yet sent. */
+  get queued(): number {
+    return this.queue.length;
   }
 
   /** takeAll empties the queue (nothing in it has left): retirement is over, or the session ended. */
@@ -83,6 +90,7 @@ export class Outbox {
    * With nothing in flight to free one, it lends the socket's own fd instead of a dup.
    */
   flush(): void {
+    this.starved = false;
     const maxBody = this.maxBody();
     while (this.queue.length > 0 && !this.closed && this.credit.batchesInFlight < WINDOW) {
       const room = Math.min(BATCH, this.credit.available);
@@ -128,6 +136,7 @@ export class Outbox {
       }
       if (!starved) continue;
       if (this.credit.batchesInFlight > 0) {
+        this.starved = true;
         debug('no free fd to dup; waiting for answers (%d queued)', this.queue.length);
         return;
       }
