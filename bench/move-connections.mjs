@@ -42,12 +42,17 @@ const { values } = parseArgs({
     profile: { type: 'boolean', default: false },
     json: { type: 'string' },
     'keep-profiles': { type: 'string' },
-    timeout: { type: 'string', default: '170' },
+    timeout: { type: 'string' },
     order: { type: 'string', default: 'load-first' },
     'wait-quiet': { type: 'string', default: '0' },
     'server-node-arg': { type: 'string', multiple: true },
     'fd-limit': { type: 'string' },
+    baseline: { type: 'string' },
+    mosn: { type: 'boolean', default: true },
+    'mosn-concurrency': { type: 'string', default: '256' },
+    out: { type: 'string', default: path.join(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..'), 'bench', 'results', 'move-connections.json') },
   },
+  allowNegative: true,
 });
 const sizes = (values.n ?? ['1000', '10000']).map(Number);
 const runsPerSize = Number(values.runs);
@@ -89,14 +94,14 @@ function killAll(signal = 'SIGKILL') {
 }
 
 class Proc {
-  constructor(name, args, { nodeArgs = [], env = {} } = {}) {
+  constructor(name, args, { nodeArgs = [], env = {}, cwd = root } = {}) {
     this.name = name;
     this.lines = [];
     this.waiters = [];
     this.stderr = '';
     // exec keeps the pid: the node process is the very pid we track.
     this.child = spawn('bash', ['-c', `ulimit -n ${fdLimit} && exec "$0" "$@"`, process.execPath, ...nodeArgs, ...args], {
-      cwd: root,
+      cwd,
       env: { ...process.env, ...env },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
@@ -247,7 +252,7 @@ async function waitQuiet(seconds) {
 }
 
 // ---------- one run ----------
-async function runOnce(n, index) {
+async function runOnce(n, index, tree = { name: 'current', root }) {
   if (Number(values['wait-quiet']) > 0) {
     const foreign = await waitQuiet(Number(values['wait-quiet']));
     log(`# other processes used ${foreign.toFixed(2)} cores just before this run`);
@@ -260,8 +265,9 @@ async function runOnce(n, index) {
   const procs = [];
   let watching = false;
   try {
-    log(`# N=${n} run ${index + 1}: port ${port}, fd limit ${fdLimit}${profDir ? `, profiling into ${profDir}` : ''}`);
-    const server = new Proc('server', ['bench/lib/server.mjs', '--port', String(port), '--dir', dir], { nodeArgs });
+    log(`# N=${n} run ${index + 1} (${tree.name}): port ${port}, fd limit ${fdLimit}${profDir ? `, profiling into ${profDir}` : ''}`);
+    // The library under test is the tree's (its dist/ and build/); the harness is this one's.
+    const server = new Proc('server', [path.join(tree.root, 'bench/lib/server.mjs'), '--port', String(port), '--dir', dir], { nodeArgs, cwd: tree.root });
     procs.push(server);
     const first = await server.waitFor(/^ready pid=(\d+) .*gen=first/, 15_000, 'the first generation');
     const oldPid = num(first);
@@ -269,13 +275,13 @@ async function runOnce(n, index) {
     // The order the clients connect in is the order the predecessor moves their connections.
     const loadOut = path.join(dir, 'load.json');
     const startLoad = async () => {
-      const proc = new Proc('load', ['bench/lib/load-client.mjs', '--port', String(port), '--c', String(loadConns), '--rate', String(loadRate), '--out', loadOut]);
+      const proc = new Proc('load', [path.join(root, 'bench/lib/load-client.mjs'), '--port', String(port), '--c', String(loadConns), '--rate', String(loadRate), '--out', loadOut]);
       procs.push(proc);
       await proc.waitFor(/^loading/, 15_000, 'the load client');
       return proc;
     };
     const startHold = async () => {
-      const proc = new Proc('hold', ['bench/lib/hold-client.mjs', '--port', String(port), '--n', String(n)]);
+      const proc = new Proc('hold', [path.join(root, 'bench/lib/hold-client.mjs'), '--port', String(port), '--n', String(n)]);
       procs.push(proc);
       const held = await proc.waitFor(/^held n=(\d+) failed=(\d+) pids=(\S+)/, 60_000, `${n} held connections`);
       if (num(held) !== n) throw new Error(`hold client holds ${held[1]} connections of ${n} (${held[2]} failed)`);
@@ -350,6 +356,7 @@ async function runOnce(n, index) {
     const result = {
       n,
       run: index + 1,
+      tree: tree.name,
       oldPid,
       newPid,
       spawnMs: ms(tSighup, readySent), // SIGHUP -> successor sends READY (node start-up, listen)
@@ -517,7 +524,7 @@ const f1 = (x) => (Number.isFinite(x) ? x.toFixed(1) : '-');
 const f2 = (x) => (Number.isFinite(x) ? x.toFixed(2) : '-');
 
 function report(results) {
-  const cols = results.map((r) => `N=${r.n}${runsPerSize > 1 ? ` #${r.run}` : ''}`);
+  const cols = results.map((r) => `N=${r.n}${runsPerSize > 1 ? ` #${r.run}` : ''}${r.tree !== 'current' ? ' base' : ''}`);
   const row = (label, f) => [label, ...results.map(f)];
   const lat = (w) => (r) => `${f2(r.load[w].p99)} / ${f2(r.load[w].max)} (${r.load[w].count})`;
   const out = [];
@@ -567,10 +574,10 @@ function report(results) {
 
 // ---------- main ----------
 const watchdog = setTimeout(() => {
-  log(`bench: overall timeout of ${values.timeout} s; killing everything`);
+  log('bench: overall timeout; killing everything');
   killAll('SIGKILL');
   process.exit(2);
-}, Number(values.timeout) * 1000);
+}, Number(values.timeout ?? 120 + sizes.length * runsPerSize * (values.baseline ? 2 : 1) * 45 + (values.mosn ? sizes.length * runsPerSize * 60 : 0)) * 1000);
 for (const signal of ['SIGINT', 'SIGTERM']) {
   process.on(signal, () => {
     killAll('SIGKILL');
@@ -590,24 +597,175 @@ try {
 const need = Math.max(...sizes) * 2 + loadConns * 2 + 256;
 if (fdLimit < need) log(`warning: fd limit ${fdLimit} (hard ${hardLimit}) may be too low; the predecessor may hold up to ~${need} fds`);
 
+// ---------- baseline: another commit of the library, built once in a directory of its own ----------
+/** buildBaseline extracts `ref` (git archive, so the repository's worktrees are untouched) and runs npm ci there. */
+function buildBaseline(ref) {
+  const sha = execFileSync('git', ['rev-parse', '--verify', `${ref}^{commit}`], { cwd: root, encoding: 'utf8' }).trim();
+  const dir = path.join(os.tmpdir(), `handover-baseline-${sha.slice(0, 12)}`);
+  if (!fs.existsSync(path.join(dir, '.built'))) {
+    log(`# building the baseline ${ref} (${sha.slice(0, 8)}) in ${dir} (npm ci)`);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.mkdirSync(dir, { recursive: true });
+    execFileSync('bash', ['-c', 'git -C "$0" archive "$1" | tar -x -C "$2"', root, sha, dir], { stdio: 'inherit' });
+    execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] });
+    fs.writeFileSync(path.join(dir, '.built'), sha);
+  }
+  // The same harness for both: this tree's server script runs on the baseline's library.
+  fs.copyFileSync(path.join(root, 'bench/lib/server.mjs'), path.join(dir, 'bench/lib/server.mjs'));
+  return { name: 'baseline', ref, sha, root: dir };
+}
+
+const gitHead = (() => {
+  try {
+    const sha = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src', 'native'], { cwd: root, encoding: 'utf8' }).trim() !== '';
+    return { sha, dirty };
+  } catch {
+    return { sha: 'unknown', dirty: true };
+  }
+})();
+
+const current = { name: 'current', root };
+const baseline = values.baseline ? buildBaseline(values.baseline) : undefined;
+let runMosnOnce;
+if (values.mosn) ({ runMosnOnce } = await import('./move-mosn.mjs'));
+
 const results = [];
+const mosnResults = [];
 let failed = false;
 try {
   for (const n of sizes) {
-    for (let i = 0; i < runsPerSize; i++) results.push(await runOnce(n, i));
+    for (let i = 0; i < runsPerSize; i++) {
+      // Interleaved: current and baseline alternate which goes first (ABBA...), on the same machine minutes apart.
+      const trees = baseline ? (i % 2 === 0 ? [current, baseline] : [baseline, current]) : [current];
+      for (const tree of trees) results.push(await runOnce(n, i, tree));
+      if (runMosnOnce) {
+        const before = cpuSnapshot();
+        const r = await runMosnOnce(n, { concurrency: Number(values['mosn-concurrency']), track: (pid) => started.add(pid), foreignCpu: { start: () => before, stop: () => foreignCpu(before, cpuSnapshot()) } });
+        r.run = i + 1;
+        mosnResults.push(r);
+        log(`# MOSN way N=${n} run ${i + 1}: ${r.startToLastIdMs.toFixed(1)} ms, ${r.ok ? 'ok' : 'FAILED'}`);
+      }
+    }
   }
 } catch (err) {
   failed = true;
   log(`bench failed: ${err.stack ?? err}`);
 }
 clearTimeout(watchdog);
+
+// ---------- summary: medians per N and tree, the interleaved ratio, the MOSN way ----------
+const medianOf = (list, f) => median(list.map(f).filter(Number.isFinite));
+function figuresOf(list) {
+  return {
+    runs: list.length,
+    readyToLastAckMs: medianOf(list, (r) => r.readyToLastAckMs),
+    readyToLastLiveMs: medianOf(list, (r) => r.readyToLastLiveMs),
+    connectionsPerSecond: medianOf(list, (r) => ((r.moved || r.n) / r.readyToLastAckMs) * 1000),
+    successorCpuMs: medianOf(list, (r) => r.successorCpuMs),
+    predecessorCpuMs: medianOf(list, (r) => r.predecessorCpuMs),
+    loadP99DuringMoveMs: medianOf(list, (r) => r.load.move.p99),
+    loadMaxDuringMoveMs: medianOf(list, (r) => r.load.move.max),
+    noiseCores: medianOf(list, (r) => r.foreignCpu),
+    all: {
+      readyToLastAckMs: list.map((r) => r.readyToLastAckMs),
+      loadP99DuringMoveMs: list.map((r) => r.load.move.p99),
+      noiseCores: list.map((r) => r.foreignCpu),
+    },
+    ok: list.every((r) => r.ok),
+  };
+}
+const summary = {};
+for (const n of sizes) {
+  const mine = results.filter((r) => r.n === n && r.tree === 'current');
+  const entry = { current: figuresOf(mine) };
+  if (baseline) {
+    const base = results.filter((r) => r.n === n && r.tree === 'baseline');
+    entry.baseline = figuresOf(base);
+    // Ratio per interleaved pair (run i of each), then the median: robust to the machine's noise drifting.
+    const pairs = mine.map((r) => [r, base.find((b) => b.run === r.run)]).filter(([, b]) => b);
+    entry.ratio = {
+      readyToLastAck: median(pairs.map(([a, b]) => a.readyToLastAckMs / b.readyToLastAckMs)),
+      readyToLastLive: median(pairs.map(([a, b]) => a.readyToLastLiveMs / b.readyToLastLiveMs)),
+      successorCpu: median(pairs.map(([a, b]) => a.successorCpuMs / b.successorCpuMs)),
+      predecessorCpu: median(pairs.map(([a, b]) => a.predecessorCpuMs / b.predecessorCpuMs)),
+      perPair: pairs.map(([a, b]) => a.readyToLastAckMs / b.readyToLastAckMs),
+    };
+  }
+  const mosn = mosnResults.filter((r) => r.n === n);
+  if (mosn.length > 0) {
+    entry.mosn = {
+      runs: mosn.length,
+      concurrency: mosn[0].concurrency,
+      startToLastIdMs: medianOf(mosn, (r) => r.startToLastIdMs),
+      startToLastLiveMs: medianOf(mosn, (r) => r.startToLastLiveMs),
+      connectionsPerSecond: medianOf(mosn, (r) => r.connectionsPerSecond),
+      successorCpuMs: medianOf(mosn, (r) => r.successorCpuMs),
+      predecessorCpuMs: medianOf(mosn, (r) => r.predecessorCpuMs),
+      noiseCores: medianOf(mosn, (r) => r.foreignCpu),
+      ok: mosn.every((r) => r.ok),
+    };
+    // End to end: the last acknowledgement (ours) against the last id (MOSN answers once its socket exists);
+    // and until the last connection is live in the successor, for both.
+    entry.rateVsMosn = {
+      toLastAck: entry.current.connectionsPerSecond / entry.mosn.connectionsPerSecond,
+      toLastLive: entry.mosn.startToLastLiveMs / entry.current.readyToLastLiveMs,
+    };
+  }
+  summary[`n${n}`] = entry;
+}
+
 if (results.length > 0) {
   const cpu = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
   console.log(`\nmachine: ${os.cpus().length} cpus (${cpu}), node ${process.version}, fd limit ${fdLimit}; load: ${loadConns} conns x ${loadRate} req/s, ${loadOrder}${values['server-node-arg'] ? `; server flags ${values['server-node-arg'].join(' ')}` : ''}${values.profile ? '; PROFILED (timings inflated)' : ''}`);
+  console.log(`library: ${gitHead.sha.slice(0, 8)}${gitHead.dirty ? ' (src/ or native/ modified)' : ''}${baseline ? `; baseline ${baseline.ref} = ${baseline.sha.slice(0, 8)} in ${baseline.root}` : ''}`);
   console.log(report(results));
   for (const r of results) {
-    if (!r.ok) console.log(`\nN=${r.n} #${r.run} FAILED: ${JSON.stringify({ moved: r.moved, remaining: r.remaining, check: r.check, loadErrors: r.load.errorSamples })}`);
+    if (!r.ok) console.log(`\nN=${r.n} #${r.run} (${r.tree}) FAILED: ${JSON.stringify({ moved: r.moved, remaining: r.remaining, check: r.check, loadErrors: r.load.errorSamples })}`);
   }
+  const rows = [['median over runs', ...sizes.flatMap((n) => [`N=${n}`, ...(baseline ? [`N=${n} base`, 'ratio'] : [])])]];
+  const cell = (f, g) => sizes.flatMap((n) => {
+    const e = summary[`n${n}`];
+    return [f(e.current), ...(baseline ? [f(e.baseline), g ? g(e) : ''] : [])];
+  });
+  rows.push(['READY -> last CONN_ACK ms', ...cell((x) => f1(x.readyToLastAckMs), (e) => f2(e.ratio.readyToLastAck))]);
+  rows.push(['READY -> last conn live ms', ...cell((x) => f1(x.readyToLastLiveMs), (e) => f2(e.ratio.readyToLastLive))]);
+  rows.push(['connections/s (to last ACK)', ...cell((x) => Math.round(x.connectionsPerSecond))]);
+  rows.push(['successor CPU ms', ...cell((x) => f1(x.successorCpuMs), (e) => f2(e.ratio.successorCpu))]);
+  rows.push(['predecessor CPU ms', ...cell((x) => f1(x.predecessorCpuMs), (e) => f2(e.ratio.predecessorCpu))]);
+  rows.push(['load p99 during the move ms', ...cell((x) => f1(x.loadP99DuringMoveMs))]);
+  rows.push(['noise (other processes, cores)', ...cell((x) => f2(x.noiseCores))]);
+  console.log(`\n${table(rows)}`);
+  if (baseline) for (const n of sizes) console.log(`N=${n}: READY -> last ACK, current / baseline per interleaved pair: ${summary[`n${n}`].ratio.perPair.map(f2).join(', ')}`);
+  for (const n of sizes) {
+    const e = summary[`n${n}`];
+    if (!e.mosn) continue;
+    console.log(`N=${n} the MOSN way (one unix connection per moved connection, ${e.mosn.concurrency} at a time): start -> last id ${f1(e.mosn.startToLastIdMs)} ms (${Math.round(e.mosn.connectionsPerSecond)} conn/s), last live ${f1(e.mosn.startToLastLiveMs)} ms, CPU succ/pred ${f1(e.mosn.successorCpuMs)}/${f1(e.mosn.predecessorCpuMs)} ms, noise ${f2(e.mosn.noiseCores)}; our rate ${f2(e.rateVsMosn.toLastAck)}x to the last ACK, ${f2(e.rateVsMosn.toLastLive)}x to the last connection live`);
+  }
+}
+const compact = (r) => ({
+  n: r.n, run: r.run, tree: r.tree, ok: r.ok, readyToLastAckMs: r.readyToLastAckMs, readyToLastLiveMs: r.readyToLastLiveMs, readyToRetiredMs: r.readyToRetiredMs,
+  successorCpuMs: r.successorCpuMs, predecessorCpuMs: r.predecessorCpuMs, moved: r.moved, closed: r.closed, batches: r.batches,
+  loadMove: r.load.move, loadBefore: r.load.before, loadErrors: r.load.errors, noiseCores: r.foreignCpu,
+});
+if (values.out && results.length > 0 && !values.profile) {
+  const cpuModel = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
+  const doc = {
+    what: 'bench/move-connections.mjs: N idle keep-alive HTTP connections moved in one upgrade',
+    generatedAt: new Date().toISOString(),
+    command: `node bench/move-connections.mjs ${process.argv.slice(2).join(' ')}`.trim(),
+    machine: { cpus: os.cpus().length, model: cpuModel, kernel: os.release(), node: process.version, fdLimit },
+    library: gitHead,
+    baseline: baseline ? { ref: baseline.ref, sha: baseline.sha } : null,
+    load: { connections: loadConns, ratePerConnection: loadRate, order: loadOrder },
+    noise: { medianCores: median(results.map((r) => r.foreignCpu)), perRun: results.map((r) => r.foreignCpu), meaning: 'CPU used by processes this bench did not start, in cores, over each run' },
+    figures: summary,
+    runs: results.map(compact),
+    mosnRuns: mosnResults,
+  };
+  fs.mkdirSync(path.dirname(values.out), { recursive: true });
+  fs.writeFileSync(values.out, `${JSON.stringify(doc, null, 2)}\n`);
+  log(`# wrote ${values.out}`);
 }
 if (values.json) {
   const plain = results.map(({ profiles, ...rest }) => ({
@@ -616,4 +774,4 @@ if (values.json) {
   }));
   fs.writeFileSync(values.json, JSON.stringify(plain, null, 2));
 }
-process.exit(failed || results.some((r) => !r.ok) ? 1 : 0);
+process.exit(failed || results.some((r) => !r.ok) || mosnResults.some((r) => !r.ok) ? 1 : 0);

@@ -46,10 +46,12 @@ const UNFIT: Record<number, string> = {
 };
 
 /** Adopted connections started per turn of the event loop: the process serves between two slices. */
-const START_SLICE = 64;
+const START_SLICE = 32;
 
-/** A connection acknowledged and not yet started: its fd, not yet a net.Socket. */
+/** A connection acknowledged (or being acknowledged) and not yet started: its fd, not yet a net.Socket. */
 interface Parked {
+  /** Its CONN_ACK is in the kernel: it may start. */
+  acked: boolean;
   fd: number;
   entry: ConnEntry;
   pending: Buffer;
@@ -96,6 +98,7 @@ export class ConnectionAdopter {
     }
     if (message.type === 'WRITE') {
       // A late write for a connection still parked: it starts now (its carried writes go first).
+      // The predecessor forwards writes only once it has the CONN_ACK: it is in the kernel.
       if (this.parked.has(message.id)) this.startParked(this.parked.get(message.id)!);
       const socket = this.adopted.get(message.id);
       const ack = (): void => {
@@ -155,6 +158,7 @@ export class ConnectionAdopter {
       acked.push(entry.id);
       // Copies: the frame's body is one buffer; a parked connection must not keep all of it alive.
       parked.push({
+        acked: false,
         fd,
         entry,
         pending: entry.pendingLength > 0 ? Buffer.from(message.body.subarray(pendingStart, writeStart)) : EMPTY,
@@ -163,13 +167,15 @@ export class ConnectionAdopter {
       });
     });
     debug('acknowledging %d, refused %d', acked.length, refused.length);
+    // Known at once (a WRITE for one of them may follow in the same read: the ACK left already).
+    for (const connection of parked) this.parked.set(connection.entry.id, connection);
     const credit = this.credit.current();
     this.session
       .send({ type: 'CONN_ACK', acked, refused, ...(credit === undefined ? {} : { credit }) })
       .then(
         () => {
           // Ours now: nothing was read before this point.
-          for (const connection of parked) this.parked.set(connection.entry.id, connection);
+          for (const connection of parked) connection.acked = true;
           fault('conn-acked', 'successor', this.hooks.peerPid);
           this.scheduleStart();
         },
@@ -177,7 +183,7 @@ export class ConnectionAdopter {
           // Without a delivered ACK the predecessor keeps these connections: two readers would
           // corrupt them, so close our copies (the predecessor still holds each one).
           debug('CONN_ACK not sent (%s); giving the connections up', err.message);
-          closeFds(parked.map((connection) => connection.fd));
+          closeFds(parked.filter((connection) => this.parked.delete(connection.entry.id)).map((connection) => connection.fd));
         },
       )
       .catch((err: Error) => debug('adoption failed: %s', err.message))
@@ -188,13 +194,14 @@ export class ConnectionAdopter {
   }
 
   private scheduleStart(): void {
-    if (this.startScheduled || this.parked.size === 0) return;
+    if (this.startScheduled || !this.parked.values().next().value?.acked) return;
     this.startScheduled = true;
     setImmediate(() => {
       this.startScheduled = false;
       let started = 0;
       for (const connection of this.parked.values()) {
-        if (started++ === START_SLICE) break;
+        // Frames are answered in order: past the first unanswered one, none is answered yet.
+        if (!connection.acked || started++ === START_SLICE) break;
         this.startParked(connection);
       }
       this.scheduleStart();

@@ -14,7 +14,11 @@ const debug = createDebug('handover:connections');
 
 /** Most connections per CONN frame: the kernel's limit of fds per sendmsg. */
 const BATCH = 253;
-/** CONN frames sent ahead of their CONN_ACKs. */
+/**
+ * CONN frames sent ahead of their CONN_ACKs in any case; more leave while the kernel takes them at
+ * once (nothing queued in the channel: their dups are closed already, so they cost this process no
+ * fd), within the successor's credit.
+ */
 const WINDOW = 8;
 
 function isFdExhaustion(err: unknown): boolean {
@@ -92,7 +96,7 @@ export class Outbox {
   flush(): void {
     this.starved = false;
     const maxBody = this.maxBody();
-    while (this.queue.length > 0 && !this.closed && this.credit.batchesInFlight < WINDOW) {
+    while (this.queue.length > 0 && !this.closed && (this.credit.batchesInFlight < WINDOW || this.session.channel.pendingChunks === 0)) {
       const room = Math.min(BATCH, this.credit.available);
       if (room <= 0) {
         debug('waiting for fd credit from the successor (%d queued)', this.queue.length);
