@@ -332,7 +332,8 @@ async function runOnce(n, index, tree = { name: 'current', root }) {
 
     // ----- timings from the control messages -----
     const readySent = newMarks.find((m) => m[1] === 'send' && m[2] === 'READY')[0];
-    const readyRecv = oldMarks.find((m) => m[1] === 'recv' && m[2] === 'READY')[0];
+    const readyRecvMark = oldMarks.find((m) => m[1] === 'recv' && m[2] === 'READY');
+    const readyRecv = readyRecvMark[0];
     const connSent = oldMarks.filter((m) => m[1] === 'send' && m[2] === 'CONN');
     const acksRecv = oldMarks.filter((m) => m[1] === 'recv' && m[2] === 'CONN_ACK');
     const connRecv = newMarks.filter((m) => m[1] === 'recv' && m[2] === 'CONN');
@@ -370,6 +371,10 @@ async function runOnce(n, index, tree = { name: 'current', root }) {
       // 'retiring' -> 'retired' in the predecessor. Less sensitive to other load than wall time.
       successorCpuMs: (Math.max(num(bye), lastRun?.[3] ?? 0) - num(succ, 4)) / 1000,
       predecessorCpuMs: (num(retired, 6) - num(retiring, 2)) / 1000,
+      // On the critical path of the move: the predecessor from READY received to its last CONN sent,
+      // the successor from READY sent to its last CONN_ACK sent (CPU µs recorded with each message).
+      predecessorCpuToLastConnMs: (connSent.at(-1)?.[4] - readyRecvMark[4]) / 1000,
+      successorCpuToLastAckMs: (acksSent.at(-1)?.[4] - newMarks.find((m) => m[1] === 'send' && m[2] === 'READY')[4]) / 1000,
       batches: connSent.length,
       fdsSent: connSent.reduce((a, m) => a + m[3], 0),
       successorAdopt: perConn(adoptMs, connRecv.map((m) => m[3])),
@@ -544,6 +549,8 @@ function report(results) {
       row('  pred: last ACK -> retired ms', (r) => f1(r.lastAckToRetiredMs)),
       row('successor CPU during the move ms', (r) => f1(r.successorCpuMs)),
       row('predecessor CPU during the move ms', (r) => f1(r.predecessorCpuMs)),
+      row('  pred CPU: READY recv -> last CONN sent ms', (r) => f1(r.predecessorCpuToLastConnMs)),
+      row('  succ CPU: READY sent -> last CONN_ACK sent ms', (r) => f1(r.successorCpuToLastAckMs)),
       row('CONN batches (fds)', (r) => `${r.batches} (${r.fdsSent})`),
       row('moved / closed / remaining', (r) => `${r.moved} / ${r.closed} / ${r.remaining}`),
       row('held conns answering from new pid', (r) => `${r.check.pids[r.newPid] ?? 0} / ${r.n}`),
@@ -664,6 +671,8 @@ function figuresOf(list) {
     connectionsPerSecond: medianOf(list, (r) => ((r.moved || r.n) / r.readyToLastAckMs) * 1000),
     successorCpuMs: medianOf(list, (r) => r.successorCpuMs),
     predecessorCpuMs: medianOf(list, (r) => r.predecessorCpuMs),
+    predecessorCpuToLastConnMs: medianOf(list, (r) => r.predecessorCpuToLastConnMs),
+    successorCpuToLastAckMs: medianOf(list, (r) => r.successorCpuToLastAckMs),
     loadP99DuringMoveMs: medianOf(list, (r) => r.load.move.p99),
     loadMaxDuringMoveMs: medianOf(list, (r) => r.load.move.max),
     noiseCores: medianOf(list, (r) => r.foreignCpu),

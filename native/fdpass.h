@@ -95,6 +95,16 @@ enum ConnectionCheck : uint8_t {
 };
 ConnectionCheck CheckConnection(int fd);
 
+// A set of fds watched for readability in one kernel object (Linux epoll; ENOSYS elsewhere): the
+// successor parks acknowledged idle connections there instead of making a Node socket for each.
+// EpollCreate: value is the epoll fd (close-on-exec). EpollAdd: EPOLLIN | EPOLLRDHUP, the fd as
+// its data. EpollDelete: stop watching fd. EpollWait: never blocks; value is how many of `ready`
+// (room for `max`) were filled with fds that are readable or hung up.
+Result EpollCreate();
+Result EpollAdd(int epollFd, int fd);
+Result EpollDelete(int epollFd, int fd);
+Result EpollWait(int epollFd, int* ready, int max);
+
 // fcntl(F_DUPFD_CLOEXEC); value is the new fd.
 Result Dup(int fd);
 

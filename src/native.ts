@@ -78,6 +78,14 @@ export interface Binding {
    * unix, not listening); 1 not a socket; 2 not a stream; 3 another family; 4 listening.
    */
   checkConnections(fds: readonly number[]): Uint8Array;
+  /** epoll_create1(EPOLL_CLOEXEC): a set of fds watched for readability (Linux; ENOSYS elsewhere). */
+  epollCreate(): number;
+  /** epoll_ctl(ADD) of every fd, EPOLLIN | EPOLLRDHUP; throws at the first failure. */
+  epollAdd(epollFd: number, fds: readonly number[]): void;
+  /** epoll_ctl(DEL). */
+  epollDelete(epollFd: number, fd: number): void;
+  /** epoll_wait with no timeout: the fds readable or hung up now (at most 256). */
+  epollWait(epollFd: number): number[];
   /** dup with close-on-exec (F_DUPFD_CLOEXEC). */
   dup(fd: number): number;
   close(fd: number): void;

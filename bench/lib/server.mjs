@@ -30,19 +30,19 @@ const cpu = () => {
 const { values } = parseArgs({ options: { port: { type: 'string' }, dir: { type: 'string' } } });
 const TYPES = { 1: 'HELLO', 2: 'LISTENERS', 3: 'REFUSED', 4: 'READY', 5: 'READY_ACK', 6: 'CONN', 7: 'CONN_ACK', 8: 'WRITE', 9: 'WRITE_ACK', 10: 'BYE' };
 
-/** Control-channel messages: [t_ns (string), 'send'|'recv', type, fds]. */
+/** Control-channel messages: [t_ns (string), 'send'|'recv', type, fds, CPU µs used so far]. */
 const marks = [];
 {
   const native = require('../../dist/native.js').binding();
   const { sendmsg, recvmsg } = native;
   native.sendmsg = function (fd, data, fds) {
     const written = sendmsg.call(this, fd, data, fds);
-    if (written >= 0 && data.length > 12 && (data[3] & 1)) marks.push([String(now()), 'send', TYPES[data[12]] ?? data[12], fds.length]);
+    if (written >= 0 && data.length > 12 && (data[3] & 1)) marks.push([String(now()), 'send', TYPES[data[12]] ?? data[12], fds.length, cpu()]);
     return written;
   };
   native.recvmsg = function (fd, buffer, maxFds) {
     const message = recvmsg.call(this, fd, buffer, maxFds);
-    if (message && message.bytes > 12 && (buffer[3] & 1)) marks.push([String(now()), 'recv', TYPES[buffer[12]] ?? buffer[12], message.fds.length]);
+    if (message && message.bytes > 12 && (buffer[3] & 1)) marks.push([String(now()), 'recv', TYPES[buffer[12]] ?? buffer[12], message.fds.length, cpu()]);
     return message;
   };
 }

@@ -2,7 +2,7 @@
 // with CONN_ACK (and how many more fds it can take), and only then let the sockets read.
 import * as net from 'node:net';
 import createDebug from 'debug';
-import { binding } from '../native';
+import { binding, type Poller } from '../native';
 import { HandoverError } from '../errors';
 import { closeFds } from '../listeners';
 import type { ConnEntry, Message } from '../protocol';
@@ -47,11 +47,30 @@ const UNFIT: Record<number, string> = {
 
 /** Adopted connections started per turn of the event loop: the process serves between two slices. */
 const START_SLICE = 32;
+/**
+ * Idle connections wait, parked, while CONN frames keep coming: they start once none arrived for
+ * this long (the predecessor is done, or waits), so the move itself gets the CPU.
+ */
+const QUIET_MS = 50;
+
+/** Every adopter with connections not yet started: startParkedConnections() starts them all at once. */
+const adopters = new Set<ConnectionAdopter>();
+
+/**
+ * startParkedConnections makes every parked connection a net.Socket now, emitted on its server:
+ * this process is about to hand its connections on (retirement), and an adapter only knows the
+ * connections its server has seen.
+ */
+export function startParkedConnections(): void {
+  for (const adopter of [...adopters]) adopter.startAll();
+}
 
 /** A connection acknowledged (or being acknowledged) and not yet started: its fd, not yet a net.Socket. */
 interface Parked {
   /** Its CONN_ACK is in the kernel: it may start. */
   acked: boolean;
+  /** Watched in the parking epoll set (it starts at once when readable). */
+  watched: boolean;
   fd: number;
   entry: ConnEntry;
   pending: Buffer;
@@ -63,9 +82,11 @@ interface Parked {
  * ConnectionAdopter checks the fds of each CONN frame with the kernel (one call for the frame),
  * acknowledges them, and only once the ACK is in the kernel wraps each fd in a net.Socket and lets
  * it read (so a successor that dies before acknowledging has read nothing, and the predecessor
- * can keep serving those connections). Acknowledging does not wait for the sockets: they are
- * made after the ACK, START_SLICE per turn of the event loop, oldest first, so that this process
- * keeps serving while it adopts and the predecessor is never kept waiting for Node objects.
+ * can keep serving those connections). Acknowledging does not wait for the sockets. After the
+ * ACK an idle connection is parked: its fd goes into one epoll set (a syscall, no Node object);
+ * it becomes a net.Socket as soon as it is readable (its client sent a request, or hung up), or
+ * once CONN frames stop arriving, START_SLICE per turn of the event loop, oldest first. A
+ * connection that arrived with bytes (pending or carried writes) starts at once.
  */
 export class ConnectionAdopter {
   private readonly adopted = new Map<number, net.Socket>();
@@ -74,6 +95,13 @@ export class ConnectionAdopter {
   private readonly batches: Extract<Message, { type: 'CONN' }>[] = [];
   private adopting = false;
   private startScheduled = false;
+  /** When the last CONN frame was handled (performance.now()). */
+  private lastConn = -Infinity;
+  /** The parking epoll set and its poller, while connections are parked. */
+  private parking: { epollFd: number; poller: Poller } | undefined;
+  private readonly parkedByFd = new Map<number, Parked>();
+  /** The first frame's connections were all started before a second frame was answered. */
+  private adoptionProven = false;
   private readonly credit = new CreditMeter();
   /** The last credit announced was 0: look again until there is some, then say so. */
   private creditTimer: NodeJS.Timeout | undefined;
@@ -92,6 +120,7 @@ export class ConnectionAdopter {
       // One frame at a time: its CONN_ACK is in the kernel (and its fault point passed) before the
       // next frame is looked at, so a successor that dies holds at most the frames it answered.
       this.credit.received(message.fds.length);
+      this.lastConn = performance.now();
       this.batches.push(message);
       if (!this.adopting) this.nextBatch();
       return true;
@@ -159,6 +188,7 @@ export class ConnectionAdopter {
       // Copies: the frame's body is one buffer; a parked connection must not keep all of it alive.
       parked.push({
         acked: false,
+        watched: false,
         fd,
         entry,
         pending: entry.pendingLength > 0 ? Buffer.from(message.body.subarray(pendingStart, writeStart)) : EMPTY,
@@ -169,6 +199,7 @@ export class ConnectionAdopter {
     debug('acknowledging %d, refused %d', acked.length, refused.length);
     // Known at once (a WRITE for one of them may follow in the same read: the ACK left already).
     for (const connection of parked) this.parked.set(connection.entry.id, connection);
+    if (this.parked.size > 0) adopters.add(this);
     const credit = this.credit.current();
     this.session
       .send({ type: 'CONN_ACK', acked, refused, ...(credit === undefined ? {} : { credit }) })
@@ -177,6 +208,15 @@ export class ConnectionAdopter {
           // Ours now: nothing was read before this point.
           for (const connection of parked) connection.acked = true;
           fault('conn-acked', 'successor', this.hooks.peerPid);
+          if (!this.adoptionProven && parked.length > 0) {
+            // The first frame is adopted whole before the next one is answered: if adopting
+            // crashes this process (an adopt handler, memory), it crashes holding one frame, and
+            // the predecessor keeps every other connection. Later frames are answered at once.
+            this.adoptionProven = true;
+            for (const connection of parked) if (this.parked.has(connection.entry.id)) this.startParked(connection);
+          } else {
+            this.watch(parked);
+          }
           this.scheduleStart();
         },
         (err: Error) => {
@@ -184,6 +224,7 @@ export class ConnectionAdopter {
           // corrupt them, so close our copies (the predecessor still holds each one).
           debug('CONN_ACK not sent (%s); giving the connections up', err.message);
           closeFds(parked.filter((connection) => this.parked.delete(connection.entry.id)).map((connection) => connection.fd));
+          if (this.parked.size === 0) adopters.delete(this);
         },
       )
       .catch((err: Error) => debug('adoption failed: %s', err.message))
@@ -193,24 +234,111 @@ export class ConnectionAdopter {
       });
   }
 
+  /**
+   * watch parks idle connections in the epoll set: each starts as soon as it is readable. Those
+   * with bytes to deliver start in the next slice; where epoll is missing, all of them do.
+   */
+  private watch(connections: Parked[]): void {
+    const idle = connections.filter((c) => this.parked.has(c.entry.id) && c.pending.length === 0 && c.unflushed.length === 0);
+    if (idle.length === 0) return;
+    const native = binding();
+    try {
+      if (!this.parking) {
+        const epollFd = native.epollCreate();
+        const poller = native.createPoller(epollFd, () => this.onReadable());
+        poller.start(true, false);
+        this.parking = { epollFd, poller };
+      }
+      native.epollAdd(this.parking.epollFd, idle.map((c) => c.fd));
+    } catch (err) {
+      // No epoll here (or no fd for it): they start in slices like the others. Those added stay watched.
+      debug('cannot park connections: %s', (err as Error).message);
+    }
+    for (const c of idle) {
+      c.watched = this.parking !== undefined;
+      if (c.watched) this.parkedByFd.set(c.fd, c);
+    }
+  }
+
+  /** onReadable: parked connections whose client sent something (or hung up) start now. */
+  private onReadable(): void {
+    const parking = this.parking;
+    if (!parking) return;
+    for (;;) {
+      let ready: number[];
+      try {
+        ready = binding().epollWait(parking.epollFd);
+      } catch (err) {
+        debug('epoll_wait: %s', (err as Error).message);
+        return;
+      }
+      for (const fd of ready) {
+        const connection = this.parkedByFd.get(fd);
+        if (connection) this.startParked(connection);
+      }
+      if (ready.length < 256) break;
+    }
+  }
+
+  /** unwatch: the connection leaves the epoll set (libuv watches its fd from now on). */
+  private unwatch(connection: Parked): void {
+    if (!connection.watched) return;
+    connection.watched = false;
+    this.parkedByFd.delete(connection.fd);
+    const parking = this.parking;
+    if (!parking) return;
+    try {
+      binding().epollDelete(parking.epollFd, connection.fd);
+    } catch (err) {
+      debug('epoll_ctl(DEL) of fd %d: %s', connection.fd, (err as Error).message);
+    }
+    if (this.parkedByFd.size === 0) {
+      parking.poller.close();
+      closeFds([parking.epollFd]);
+      this.parking = undefined;
+    }
+  }
+
+  /** startAll starts every acknowledged connection now (see startParkedConnections). */
+  startAll(): void {
+    for (const connection of [...this.parked.values()]) {
+      if (connection.acked) this.startParked(connection);
+    }
+  }
+
   private scheduleStart(): void {
     if (this.startScheduled || !this.parked.values().next().value?.acked) return;
     this.startScheduled = true;
     setImmediate(() => {
       this.startScheduled = false;
+      const quiet = performance.now() - this.lastConn >= QUIET_MS;
       let started = 0;
       for (const connection of this.parked.values()) {
         // Frames are answered in order: past the first unanswered one, none is answered yet.
-        if (!connection.acked || started++ === START_SLICE) break;
+        if (!connection.acked || started === START_SLICE) break;
+        // Parked idle connections wait while frames keep coming (they start when readable).
+        if (connection.watched && !quiet) continue;
+        started++;
         this.startParked(connection);
+      }
+      if (!quiet && started === 0 && this.parked.size > 0) {
+        this.startScheduled = true;
+        setTimeout(() => {
+          this.startScheduled = false;
+          this.scheduleStart();
+        }, QUIET_MS).unref();
+        return;
       }
       this.scheduleStart();
     });
   }
 
   /** startParked makes the net.Socket of an acknowledged connection and lets it read. */
-  private startParked({ fd, entry, pending, unflushed, target }: Parked): void {
+  private startParked(connection: Parked): void {
+    const { fd, entry, pending, unflushed, target } = connection;
     this.parked.delete(entry.id);
+    if (this.parked.size === 0) adopters.delete(this);
+    this.unwatch(connection);
     let socket: net.Socket;
     try {
       // manualStart: it reads when start() says so (after its pending bytes are in place).
