@@ -5,6 +5,12 @@
 // Options:
 //   --n N (repeatable)   connection counts (default 1000 and 10000)
 //   --runs R             runs per N (default 1)
+//   --baseline REF       also measure the library at git REF (built once with npm ci in
+//                        $TMPDIR/handover-baseline-<sha>, from `git archive`), interleaved with this
+//                        tree run by run (ABBA...), same harness; prints medians and the ratio
+//   --no-mosn            skip the MOSN-way comparison (bench/move-mosn.mjs, run after each pair)
+//   --mosn-concurrency C unix connections in flight at once for the MOSN way (default 256)
+//   --out FILE           the summary as JSON (default bench/results/move-connections.json; '' for none)
 //   --c C --rate R       load: C keep-alive connections, R requests/s each (default 16 x 100)
 //   --order load-first|load-last   which client connects first = whose connections move first
 //   --profile            --cpu-prof on both generations; prints where the time went (inflates timings)
@@ -12,8 +18,8 @@
 //   --server-node-arg A  extra node flag for the server (the successor inherits it)
 //   --wait-quiet S       before each run wait up to S s for other processes to leave the CPUs
 //   --fd-limit L         RLIMIT_NOFILE of the processes (default: the hard limit, at most 65536)
-//   --json FILE          every figure, per batch timeline included
-//   --timeout S          overall deadline (default 170 s); everything is killed after it
+//   --json FILE          every figure of every run, per batch timeline included
+//   --timeout S          overall deadline (default: from the runs asked for); everything is killed after it
 // Processes (each a separate node, started through `ulimit -n` for 10k+ fds):
 //   server  bench/lib/server.mjs: the first generation; SIGHUP spawns the successor (same argv)
 //   hold    bench/lib/hold-client.mjs: N idle keep-alive connections, one request each, then idle
@@ -403,7 +409,10 @@ async function runOnce(n, index, tree = { name: 'current', root }) {
         errorSamples: loadData.errors.slice(0, 5),
         before: latencyStats(loadData.records, Number(tSighup / 1000n) - BASELINE_MS * 1000, Number(tSighup / 1000n)),
         spawn: latencyStats(loadData.records, Number(tSighup / 1000n), Number(big(readySent) / 1000n)),
-        move: latencyStats(loadData.records, Number(big(readySent) / 1000n), Number(big(lastLive ?? retired[5]) / 1000n)),
+        // The move: READY sent -> last CONN_ACK received (the window of readyToLastAckMs).
+        move: latencyStats(loadData.records, Number(big(readySent) / 1000n), Number(big(lastAck) / 1000n)),
+        // Then, until the last adopted connection is a socket in the successor (parked ones start late).
+        adopting: latencyStats(loadData.records, Number(big(lastAck) / 1000n), Number(big(lastLive ?? retired[5]) / 1000n)),
         after: latencyStats(loadData.records, Number(big(lastLive ?? retired[5]) / 1000n) + 1, Number(tAfterEnd / 1000n)),
         // The slowest requests: [sent, ms after READY was sent; latency ms; pid that answered].
         slowest: (() => {
@@ -557,7 +566,8 @@ function report(results) {
       row('held conns closed or failed', (r) => `${r.check.closedWhileHeld} / ${Object.values(r.check.errors).reduce((a, b) => a + b, 0)}`),
       row(`load p99 / max ms (reqs): before`, lat('before')),
       row(`load p99 / max ms (reqs): spawn`, lat('spawn')),
-      row(`load p99 / max ms (reqs): move`, lat('move')),
+      row(`load p99 / max ms (reqs): move (READY -> last ACK)`, lat('move')),
+      row(`load p99 / max ms (reqs): adopting (-> last live)`, lat('adopting')),
       row(`load p99 / max ms (reqs): after`, lat('after')),
       row('load errors', (r) => r.load.errors),
       row('other processes on the CPUs (cores)', (r) => f2(r.foreignCpu)),
@@ -675,6 +685,8 @@ function figuresOf(list) {
     successorCpuToLastAckMs: medianOf(list, (r) => r.successorCpuToLastAckMs),
     loadP99DuringMoveMs: medianOf(list, (r) => r.load.move.p99),
     loadMaxDuringMoveMs: medianOf(list, (r) => r.load.move.max),
+    loadP99WhileAdoptingMs: medianOf(list, (r) => r.load.adopting?.p99),
+    loadP99BeforeMs: medianOf(list, (r) => r.load.before.p99),
     noiseCores: medianOf(list, (r) => r.foreignCpu),
     all: {
       readyToLastAckMs: list.map((r) => r.readyToLastAckMs),
@@ -742,7 +754,11 @@ if (results.length > 0) {
   rows.push(['connections/s (to last ACK)', ...cell((x) => Math.round(x.connectionsPerSecond))]);
   rows.push(['successor CPU ms', ...cell((x) => f1(x.successorCpuMs), (e) => f2(e.ratio.successorCpu))]);
   rows.push(['predecessor CPU ms', ...cell((x) => f1(x.predecessorCpuMs), (e) => f2(e.ratio.predecessorCpu))]);
+  rows.push(['load p99 before the upgrade ms', ...cell((x) => f1(x.loadP99BeforeMs))]);
   rows.push(['load p99 during the move ms', ...cell((x) => f1(x.loadP99DuringMoveMs))]);
+  rows.push(['load p99 then, while adopting ms', ...cell((x) => f1(x.loadP99WhileAdoptingMs))]);
+  rows.push(['pred CPU READY -> last CONN ms', ...cell((x) => f1(x.predecessorCpuToLastConnMs))]);
+  rows.push(['succ CPU READY -> last ACK ms', ...cell((x) => f1(x.successorCpuToLastAckMs))]);
   rows.push(['noise (other processes, cores)', ...cell((x) => f2(x.noiseCores))]);
   console.log(`\n${table(rows)}`);
   if (baseline) for (const n of sizes) console.log(`N=${n}: READY -> last ACK, current / baseline per interleaved pair: ${summary[`n${n}`].ratio.perPair.map(f2).join(', ')}`);
@@ -755,7 +771,8 @@ if (results.length > 0) {
 const compact = (r) => ({
   n: r.n, run: r.run, tree: r.tree, ok: r.ok, readyToLastAckMs: r.readyToLastAckMs, readyToLastLiveMs: r.readyToLastLiveMs, readyToRetiredMs: r.readyToRetiredMs,
   successorCpuMs: r.successorCpuMs, predecessorCpuMs: r.predecessorCpuMs, moved: r.moved, closed: r.closed, batches: r.batches,
-  loadMove: r.load.move, loadBefore: r.load.before, loadErrors: r.load.errors, noiseCores: r.foreignCpu,
+  loadMove: r.load.move, loadAdopting: r.load.adopting, loadBefore: r.load.before,
+  predecessorCpuToLastConnMs: r.predecessorCpuToLastConnMs, successorCpuToLastAckMs: r.successorCpuToLastAckMs, loadErrors: r.load.errors, noiseCores: r.foreignCpu,
 });
 if (values.out && results.length > 0 && !values.profile) {
   const cpuModel = /model name\s*:\s*(.*)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';

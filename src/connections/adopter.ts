@@ -102,6 +102,8 @@ export class ConnectionAdopter {
   private readonly parkedByFd = new Map<number, Parked>();
   /** The first frame's connections were all started before a second frame was answered. */
   private adoptionProven = false;
+  /** While the first frame's connections start (in slices): their ids, and what answers the next frame. */
+  private proving: { ids: Set<number>; then: (() => void) | undefined } | undefined;
   private readonly credit = new CreditMeter();
   /** The last credit announced was 0: look again until there is some, then say so. */
   private creditTimer: NodeJS.Timeout | undefined;
@@ -209,11 +211,13 @@ export class ConnectionAdopter {
           for (const connection of parked) connection.acked = true;
           fault('conn-acked', 'successor', this.hooks.peerPid);
           if (!this.adoptionProven && parked.length > 0) {
-            // The first frame is adopted whole before the next one is answered: if adopting
-            // crashes this process (an adopt handler, memory), it crashes holding one frame, and
-            // the predecessor keeps every other connection. Later frames are answered at once.
+            // The first frame is adopted whole (in slices, not parked) before the next one is
+            // answered: if adopting crashes this process (an adopt handler, memory), it crashes
+            // holding one frame, and the predecessor keeps every other connection. Later frames
+            // are answered at once.
             this.adoptionProven = true;
-            for (const connection of parked) if (this.parked.has(connection.entry.id)) this.startParked(connection);
+            const ids = new Set(parked.map((connection) => connection.entry.id).filter((id) => this.parked.has(id)));
+            if (ids.size > 0) this.proving = { ids, then: undefined };
           } else {
             this.watch(parked);
           }
@@ -230,7 +234,8 @@ export class ConnectionAdopter {
       .catch((err: Error) => debug('adoption failed: %s', err.message))
       .finally(() => {
         if (credit === 0) this.watchCredit();
-        done();
+        if (this.proving) this.proving.then = done;
+        else done();
       });
   }
 
@@ -337,6 +342,12 @@ export class ConnectionAdopter {
   private startParked(connection: Parked): void {
     const { fd, entry, pending, unflushed, target } = connection;
     this.parked.delete(entry.id);
+    if (this.proving?.ids.delete(entry.id) && this.proving.ids.size === 0) {
+      // The first frame is started: the next one may be answered (after this turn's work).
+      const { then } = this.proving;
+      this.proving = undefined;
+      if (then) setImmediate(then);
+    }
     if (this.parked.size === 0) adopters.delete(this);
     this.unwatch(connection);
     let socket: net.Socket;
