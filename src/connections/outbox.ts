@@ -36,6 +36,12 @@ export class Outbox {
   private closed = false;
   /** The last flush stopped because this process had no free fd to dup: answers must free some first. */
   starved = false;
+  /** Connections at the front of the queue that jumped it (decided after the queue's bulk). */
+  private urgent = 0;
+  /** A push happened in this turn of the event loop (the bulk of a retirement is one turn). */
+  private pushedThisTurn = false;
+  /** This turn's pushes found connections of an earlier turn still waiting: they go ahead. */
+  private lateTurn = false;
 
   /**
    * `stays` hands a connection back (it could not be sent); `maxBody` is what one frame's body
@@ -51,8 +57,19 @@ export class Outbox {
     this.credit = new CreditWindow(credit);
   }
 
+  /**
+   * push queues a connection. One decided in a later turn than the connections still waiting (a
+   * busy one that reached its message boundary after retirement began) goes ahead of them: its
+   * client is waiting for an answer, the idle ones are not.
+   */
   push(entry: Moving): void {
-    this.queue.push(entry);
+    if (!this.pushedThisTurn) {
+      this.pushedThisTurn = true;
+      this.lateTurn = this.queue.length > this.urgent;
+      setImmediate(() => (this.pushedThisTurn = false));
+    }
+    if (this.lateTurn) this.queue.splice(this.urgent++, 0, entry);
+    else this.queue.push(entry);
     // A full batch leaves at once, so the successor adopts while this process still decides.
     if (this.queue.length >= BATCH) this.flush();
     else this.scheduleFlush();
@@ -65,6 +82,7 @@ export class Outbox {
 
   /** takeAll empties the queue (nothing in it has left): retirement is over, or the session ended. */
   takeAll(): Moving[] {
+    this.urgent = 0;
     return this.queue.splice(0);
   }
 
@@ -111,7 +129,7 @@ export class Outbox {
         const entry = this.queue[0]!;
         const bytes = entry.pending.length + entry.carriedBytes;
         if (bytes > maxBody) {
-          this.queue.shift();
+          this.next();
           this.stays(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the connection's pending and unflushed bytes (${bytes}) exceed what one frame carries (${maxBody})`));
           continue;
         }
@@ -125,11 +143,11 @@ export class Outbox {
             starved = true;
             break;
           }
-          this.queue.shift();
+          this.next();
           this.stays(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `cannot duplicate the connection's fd: ${(err as Error).message}`, { cause: err }));
           continue;
         }
-        this.queue.shift();
+        this.next();
         batch.push(entry);
         fds.push(fd);
         bodyBytes += bytes;
@@ -144,8 +162,14 @@ export class Outbox {
         debug('no free fd to dup; waiting for answers (%d queued)', this.queue.length);
         return;
       }
-      this.lend(this.queue.shift()!);
+      this.lend(this.next());
     }
+  }
+
+  /** next takes the connection at the front of the queue. */
+  private next(): Moving {
+    if (this.urgent > 0) this.urgent--;
+    return this.queue.shift()!;
   }
 
   /** lend sends one connection with its own fd (no fd to spare for a dup); the fd stays open until it is in the kernel. */
