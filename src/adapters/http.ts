@@ -89,9 +89,14 @@ export class HttpAdapter implements ServerAdapter {
     if (this.move && this.canMove) {
       // Everything idle now moves now, in the same batches as the other servers' connections
       // (retirement starts every adapter in one turn); the rest at their next message boundary.
-      for (const socket of this.sockets) this.drain(socket, false);
+      // Each connection stops reading and is checked in one pass (nothing parses in between: it
+      // is one synchronous turn), so the first CONN frame leaves after its 253 connections, not
+      // after every connection of the server stopped reading.
       const idle = new Set<object>(httpConnectionsList(this.server)?.idle() ?? []);
-      for (const socket of [...this.draining.keys()]) this.check(socket, idle);
+      for (const socket of [...this.sockets]) {
+        this.drain(socket, false);
+        this.check(socket, idle);
+      }
       return;
     }
     for (const socket of this.sockets) {
