@@ -98,10 +98,13 @@ const printAdopted = () => {
 
 upgrader.on('predecessorRetired', ({ clean }) => {
   say(`predecessor-retired pid=${process.pid} clean=${clean} t=${now()} cpu=${cpu()}`);
-  // Connections acknowledged last may still be starting (the successor starts them in slices
-  // after acknowledging): report once no connection arrived for 100 ms.
+  // Connections acknowledged last may still be parked (the successor starts idle ones in slices
+  // once CONN frames stopped for a while): report once no connection arrived for 300 ms.
+  const since = now();
   const settle = () => {
-    if (run || (runs.length > 0 && now() - runs[runs.length - 1].end < 100_000_000n)) setTimeout(settle, 20);
+    const last = runs.length > 0 ? runs[runs.length - 1].end : 0n;
+    const quietSince = last > since ? last : since;
+    if (run || now() - quietSince < 300_000_000n) setTimeout(settle, 20);
     else printAdopted();
   };
   settle();
