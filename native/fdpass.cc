@@ -11,6 +11,9 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#endif
 
 #include <cerrno>
 #include <cstring>
@@ -283,6 +286,47 @@ Result ReceiveMessage(int fd, void* buffer, size_t length, int maxFds, ReceivedF
   received->count = arrivedCount;
   return Ok(bytes);
 }
+
+#ifdef __linux__
+Result EpollCreate() {
+  int fd = epoll_create1(EPOLL_CLOEXEC);
+  if (fd < 0) return Fail("epoll_create1", errno);
+  return Ok(fd);
+}
+
+Result EpollAdd(int epollFd, int fd) {
+  epoll_event event;
+  std::memset(&event, 0, sizeof(event));
+  event.events = EPOLLIN | EPOLLRDHUP;
+  event.data.fd = fd;
+  if (epoll_ctl(epollFd, EPOLL_CTL_ADD, fd, &event) < 0) return Fail("epoll_ctl", errno);
+  return Ok(0);
+}
+
+Result EpollDelete(int epollFd, int fd) {
+  epoll_event event;
+  std::memset(&event, 0, sizeof(event));
+  if (epoll_ctl(epollFd, EPOLL_CTL_DEL, fd, &event) < 0) return Fail("epoll_ctl", errno);
+  return Ok(0);
+}
+
+Result EpollWait(int epollFd, int* ready, int max) {
+  epoll_event events[256];
+  if (max > 256) max = 256;
+  int count;
+  do {
+    count = epoll_wait(epollFd, events, max, 0);
+  } while (count < 0 && errno == EINTR);
+  if (count < 0) return Fail("epoll_wait", errno);
+  for (int i = 0; i < count; i++) ready[i] = events[i].data.fd;
+  return Ok(count);
+}
+#else
+Result EpollCreate() { return Fail("epoll_create1", ENOSYS); }
+Result EpollAdd(int, int) { return Fail("epoll_ctl", ENOSYS); }
+Result EpollDelete(int, int) { return Fail("epoll_ctl", ENOSYS); }
+Result EpollWait(int, int*, int) { return Fail("epoll_wait", ENOSYS); }
+#endif
 
 Result Dup(int fd) {
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);

@@ -97,6 +97,28 @@ Result PeerCredentials(int fd, Credentials* credentials);
 // ENOTSOCK (from getsockopt) when fd is not a socket.
 Result DescribeSocket(int fd, SocketDescription* description);
 
+// What a received fd is, as a moved connection: kConnection for a connected (not listening) stream
+// socket of family inet, inet6 or unix; otherwise why not. Three getsockopt calls, no getsockname:
+// the successor checks every fd of a CONN frame before it acknowledges them.
+enum ConnectionCheck : uint8_t {
+  kConnection = 0,
+  kNotSocket = 1,     // getsockopt failed (ENOTSOCK, EBADF)
+  kNotStream = 2,     // SOCK_DGRAM, SOCK_SEQPACKET, ...
+  kUnknownFamily = 3, // neither inet, inet6 nor unix
+  kListening = 4,     // SO_ACCEPTCONN
+};
+ConnectionCheck CheckConnection(int fd);
+
+// A set of fds watched for readability in one kernel object (Linux epoll; ENOSYS elsewhere): the
+// successor parks acknowledged idle connections there instead of making a Node socket for each.
+// EpollCreate: value is the epoll fd (close-on-exec). EpollAdd: EPOLLIN | EPOLLRDHUP, the fd as
+// its data. EpollDelete: stop watching fd. EpollWait: never blocks; value is how many of `ready`
+// (room for `max`) were filled with fds that are readable or hung up.
+Result EpollCreate();
+Result EpollAdd(int epollFd, int fd);
+Result EpollDelete(int epollFd, int fd);
+Result EpollWait(int epollFd, int* ready, int max);
+
 // fcntl(F_DUPFD_CLOEXEC); value is the new fd.
 Result Dup(int fd);
 
