@@ -30,12 +30,12 @@
 // Exit code: 0 when every run moved everything and lost nothing, 1 otherwise.
 import { spawn, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { freePort } from './lib/machine.mjs';
 import { summarise, inclusiveOf } from './lib/profile.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -157,17 +157,6 @@ class Proc {
   send(line) {
     this.child.stdin.write(`${line}\n`);
   }
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** childrenOf lists the pids whose parent is `pid` (from /proc). */

@@ -195,13 +195,14 @@ Result Accept(int fd) {
   }
 }
 
-Result SendMessage(int fd, const void* data, size_t length, const int* fds, size_t fdCount) {
-  if (fdCount > static_cast<size_t>(kMaxFdsPerMessage)) return Fail("sendmsg", EINVAL);
+ssize_t SendWithFds(int fd, const void* data, size_t length, const int* fds, size_t fdCount, const sockaddr_un* address, socklen_t addressLength) {
   iovec vector;
   vector.iov_base = const_cast<void*>(data);
   vector.iov_len = length;
   msghdr message;
   std::memset(&message, 0, sizeof(message));
+  message.msg_name = const_cast<sockaddr_un*>(address);
+  message.msg_namelen = address == nullptr ? 0 : addressLength;
   message.msg_iov = &vector;
   message.msg_iovlen = 1;
   alignas(cmsghdr) unsigned char control[kControlBytes];
@@ -220,13 +221,19 @@ Result SendMessage(int fd, const void* data, size_t length, const int* fds, size
 #ifdef MSG_NOSIGNAL
   flags |= MSG_NOSIGNAL;
 #endif
-  for (;;) {
-    ssize_t sent = sendmsg(fd, &message, flags);
-    if (sent >= 0) return Ok(sent);
-    if (errno == EINTR) continue;
-    if (IsWouldBlock(errno)) return Ok(kWouldBlock);
-    return Fail("sendmsg", errno);
-  }
+  ssize_t sent;
+  do {
+    sent = sendmsg(fd, &message, flags);
+  } while (sent < 0 && errno == EINTR);
+  return sent;
+}
+
+Result SendMessage(int fd, const void* data, size_t length, const int* fds, size_t fdCount) {
+  if (fdCount > static_cast<size_t>(kMaxFdsPerMessage)) return Fail("sendmsg", EINVAL);
+  ssize_t sent = SendWithFds(fd, data, length, fds, fdCount, nullptr, 0);
+  if (sent >= 0) return Ok(sent);
+  if (IsWouldBlock(errno)) return Ok(kWouldBlock);
+  return Fail("sendmsg", errno);
 }
 
 Result ReceiveMessage(int fd, void* buffer, size_t length, int maxFds, ReceivedFds* received) {

@@ -87,6 +87,12 @@ Result Accept(int fd);
 // or kWouldBlock. EINTR is retried.
 Result SendMessage(int fd, const void* data, size_t length, const int* fds, size_t fdCount);
 
+// The one sendmsg(2) that builds an SCM_RIGHTS message: length bytes with fdCount (at most
+// kMaxFdsPerMessage) fds attached, to address (nullptr: the connected peer), MSG_NOSIGNAL, EINTR
+// retried. Returns what sendmsg returned (errno set when negative); SendMessage and NotifySend
+// turn that into a Result each their own way.
+ssize_t SendWithFds(int fd, const void* data, size_t length, const int* fds, size_t fdCount, const sockaddr_un* address, socklen_t addressLength);
+
 // recvmsg(2) into buffer with room for maxFds fds. value is the bytes read (0 with no fds: the
 // peer closed) or kWouldBlock. When the message or its fds did not fit, every fd that arrived is
 // closed and the result is EMSGSIZE.
