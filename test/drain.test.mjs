@@ -40,9 +40,10 @@ test('https keep-alive: the response in flight says Connection: close, the next 
   const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
   const first = await httpsGet(server.port, '/', agent);
   assert.equal(first.pid, server.pid);
-  const slow = httpsGet(server.port, '/slow?ms=800', agent);
-  await new Promise((resolve) => setTimeout(resolve, 100));
+  // In flight until retirement has begun, however long the successor takes to start.
   const since = group.lines.length;
+  const slow = httpsGet(server.port, '/until-retiring', agent);
+  await group.waitForLine(new RegExp(`^held pid=${server.pid}$`), { since });
   process.kill(server.pid, 'SIGHUP');
   const [, next] = await group.waitForLine(/^ready pid=(\d+)/, { since });
   const inFlight = await slow;
@@ -73,9 +74,10 @@ test(`${kind}: the session gets GOAWAY, its stream in flight completes, a new se
       stream.end();
     });
   assert.equal((await request(session, '/')).pid, server.pid);
-  const slow = request(session, '/slow?ms=800');
-  await new Promise((resolve) => setTimeout(resolve, 100));
+  // In flight until retirement has begun, however long the successor takes to start.
   const since = group.lines.length;
+  const slow = request(session, '/until-retiring');
+  await group.waitForLine(new RegExp(`^held pid=${server.pid}$`), { since });
   process.kill(server.pid, 'SIGHUP');
   const [, next] = await group.waitForLine(/^ready pid=(\d+)/, { since });
   const inFlight = await slow;

@@ -461,7 +461,9 @@ describe('races and a damaged directory', () => {
     assert.equal(upgraded.length, 1, results.join('\n'));
     const successor = Number(/pid=(\d+)/.exec(upgraded[0])[1]);
     assert.deepEqual(results.filter((line) => !line.startsWith('upgraded')), Array(9).fill('upgrade-failed code=ERR_UPGRADE_IN_PROGRESS'));
-    assert.equal(group.lines.slice(since).filter((line) => READY.test(line)).length, 1, 'one successor started');
+    // 'upgraded' is printed at READY, before the successor prints its own ready line: wait for that.
+    await group.waitForLine(new RegExp(`^ready pid=${successor} `), { since });
+    assert.deepEqual(group.lines.slice(since).filter((line) => READY.test(line)).map((line) => Number(READY.exec(line)[1])), [successor], 'one successor started');
 
     process.kill(first.pid, 'SIGUSR1');
     assert.equal((await held.response).pid, first.pid);

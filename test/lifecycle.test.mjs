@@ -86,7 +86,11 @@ describe('lifecycle', () => {
       await new Promise((resolve) => blocker.listen(0, '127.0.0.1', resolve));
       try {
         const { dir, env, modeFile } = setup();
-        const first = await startFirst({ ...env, PORT: '0', READY_TIMEOUT: '1500', EXTRA_PORT: mode === 'bind-fail' ? String(blocker.address().port) : '' });
+        // Only "hang" is about the ready timeout; the others must fail by exiting, however long a
+        // loaded machine takes to start them (a short timeout would end them first). For "hang" it
+        // also bounds the start of the normal successor after it: a few seconds, not 1.5.
+        const readyTimeout = mode === 'hang' ? 5000 : 60_000;
+        const first = await startFirst({ ...env, PORT: '0', READY_TIMEOUT: String(readyTimeout), EXTRA_PORT: mode === 'bind-fail' ? String(blocker.address().port) : '' });
         fs.writeFileSync(modeFile, mode);
         const line = await upgradeOnce(first.pid);
         assert.equal(line, `upgrade-failed code=${code}`);
@@ -253,20 +257,26 @@ describe('many upgrades', () => {
 
   test('the predecessor holds as many fds after 10 failed upgrades as before', { timeout: 60_000 }, async () => {
     const { env, modeFile } = setup();
-    const first = await startFirst({ ...env, PORT: '0', READY_TIMEOUT: '1000' });
+    // The ready timeout is what ends "hang", and also the time every other successor has to start
+    // (die-after-ready must reach READY): a few seconds, so that a loaded machine's slow start is
+    // not taken for a hang. One hang then costs that long: it comes once, the others cycle.
+    const first = await startFirst({ ...env, PORT: '0', READY_TIMEOUT: '5000' });
     const before = await fdsOf(first.pid);
-    const modes = ['crash-before-ready', 'kill-before-ready', 'hang', 'crash-before-ready', 'die-after-ready'];
+    const modes = ['crash-before-ready', 'kill-before-ready', 'die-after-ready'];
     for (let i = 0; i < 10; i++) {
-      const mode = modes[i % modes.length];
+      const mode = i === 2 ? 'hang' : modes[i % modes.length];
       fs.writeFileSync(modeFile, mode);
       const since = group.lines.length;
-      process.kill(first.pid, 'SIGHUP');
       if (mode === 'die-after-ready') {
-        // A request in flight keeps this process retiring until the successor dies.
-        const slow = get(first.port, '/slow?ms=600');
+        // A request in flight keeps this process retiring until the successor dies: it is answered
+        // at the rollback, so it is in flight however long the successor takes to start.
+        const held = get(first.port, '/until-rollback');
+        await group.waitForLine(new RegExp(`^held pid=${first.pid}$`), { since });
+        process.kill(first.pid, 'SIGHUP');
         await group.waitForLine(/^rollback successor=\d+/, { since });
-        await slow;
+        assert.equal((await held).headers['x-pid'], String(first.pid));
       } else {
+        process.kill(first.pid, 'SIGHUP');
         await group.waitForLine(/^upgrade-failed code=/, { since });
       }
     }
