@@ -11,7 +11,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { runWrk } from './lib/wrk.mjs';
+import { runWrk } from '../test/wrk.mjs';
 import { NoiseMeter, Processes, freePorts, machine, median, nowMs, percentile, root, saveResult, sleep, waitQuiet } from './lib/machine.mjs';
 import { NODE24_HINT, debianTool, node24, toolVersions, variants } from './lib/variants.mjs';
 

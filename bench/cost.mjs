@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { runWrk } from './lib/wrk.mjs';
+import { runWrk } from '../test/wrk.mjs';
 import { NoiseMeter, Processes, cpuMsOf, freePorts, machine, median, nowMs, root, rssKbOf, saveResult, sleep, waitQuiet } from './lib/machine.mjs';
 
 const { values } = parseArgs({

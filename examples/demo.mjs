@@ -158,9 +158,11 @@ for (let i = 1; i <= UPGRADES; i++) {
   process.kill(from.web, 'SIGHUP');
   process.kill(from.rpc, 'SIGHUP');
   process.kill(from.ws, 'SIGHUP');
-  await web.until(() => web.retirements.has(from.web));
-  await rpc.until(() => rpc.retirements.has(from.rpc));
-  await wsx.until(() => wsx.retirements.has(from.ws));
+  // Each server's retired line (stderr) and its successor's ready line (stdout) come on two pipes,
+  // in either order: wait for both.
+  await web.until(() => web.retirements.has(from.web) && web.generations.at(-1).pid !== from.web);
+  await rpc.until(() => rpc.retirements.has(from.rpc) && rpc.generations.at(-1).pid !== from.rpc);
+  await wsx.until(() => wsx.retirements.has(from.ws) && wsx.generations.at(-1).pid !== from.ws);
   const wsNow = summary(wsClients, wsPorts);
   console.log(
     `upgrade ${i}/${UPGRADES} (${Date.now() - started} ms): ` +

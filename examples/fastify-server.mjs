@@ -6,18 +6,14 @@
 // examples/http-server.mjs: `ready pid=<pid> port=<P>` on stdout when serving, SIGHUP upgrades,
 // SIGTERM retires gracefully; every response is 200 with `x-pid`, GET /slow?ms=N answers after N ms.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
 import Fastify from 'fastify';
 import { createUpgrader } from 'handover';
+import { example, serve } from './lib/example.mjs';
 
-const { values } = parseArgs({
-  options: { port: { type: 'string' }, host: { type: 'string' }, dir: { type: 'string' }, 'reuse-port': { type: 'boolean' } },
+const { args, log, cannotListen } = example('fastify-server', {
+  options: { 'reuse-port': { type: 'boolean' } },
+  usage: '[--reuse-port]',
 });
-if (values.port === undefined || values.dir === undefined) {
-  console.error('usage: node examples/fastify-server.mjs --port P [--host H] --dir D [--reuse-port]');
-  process.exit(2);
-}
-const log = (line) => console.error(`[fastify-server ${process.pid}] ${line}`);
 
 const app = Fastify();
 app.addHook('onRequest', async (request, reply) => {
@@ -29,34 +25,9 @@ app.get('/slow', async (request, reply) => {
 });
 app.all('/*', async (request, reply) => reply.type('text/plain').send(`hello from ${process.pid}\n`));
 
-const upgrader = createUpgrader({ dir: values.dir });
+const upgrader = createUpgrader({ dir: args.dir });
 await app.ready(); // plugins loaded, routes compiled: app.server answers requests from now on
-try {
-  await upgrader.listen(app.server, { port: Number(values.port), host: values.host, reusePort: values['reuse-port'] });
-} catch (err) {
-  log(`cannot listen (${err.code}): ${err.message}`);
-  process.exit(1);
-}
+await upgrader.listen(app.server, { port: args.port, host: args.host, reusePort: args['reuse-port'] }).catch(cannotListen);
 
-process.on('SIGHUP', () => {
-  upgrader.upgrade().then(
-    (pid) => log(`upgraded: pid ${pid} serves now`),
-    (err) => log(`upgrade failed (${err.code}): ${err.message}; still serving`),
-  );
-});
-process.on('SIGTERM', async () => {
-  if (upgrader.state === 'retiring') return; // already on its way out
-  upgrader.stop();
-  await app.close(); // onClose hooks, then the server closes
-  const report = await upgrader.waitConnectionsDone();
-  log(`closed (${report.closed} connections finished, ${report.remaining} cut)`);
-  process.exit(0);
-});
-upgrader.on('rollback', ({ successorPid, reason }) => log(`successor ${successorPid} lost (${reason}); serving again`));
-upgrader.on('retired', (report) => {
-  log(`retired: ${report.closed} closed, ${report.moved} moved, ${report.remaining} left`);
-  process.exit(0);
-});
-
-await upgrader.ready();
-console.log(`ready pid=${process.pid} port=${app.server.address().port}`);
+// SIGTERM closes through Fastify: its onClose hooks run, then the server closes.
+await serve(upgrader, { log, server: app.server, close: () => app.close() });

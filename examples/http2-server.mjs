@@ -14,29 +14,21 @@
 // successor (see docs/http2-and-tls.md).
 import fs from 'node:fs';
 import http2 from 'node:http2';
-import { parseArgs } from 'node:util';
 import { createUpgrader } from 'handover';
+import { example, serve } from './lib/example.mjs';
 
-const { values } = parseArgs({
+const { args, log, cannotListen } = example('http2-server', {
   options: {
-    port: { type: 'string' },
-    host: { type: 'string' },
-    dir: { type: 'string' },
     h2c: { type: 'boolean', default: false },
     cert: { type: 'string', default: new URL('../test/fixtures/tls-cert.pem', import.meta.url).pathname },
     key: { type: 'string', default: new URL('../test/fixtures/tls-key.pem', import.meta.url).pathname },
   },
+  usage: '[--h2c] [--cert C --key K]',
 });
-if (values.port === undefined || values.dir === undefined) {
-  console.error('usage: node examples/http2-server.mjs --port P [--host H] --dir D [--h2c] [--cert C --key K]');
-  process.exit(2);
-}
-const port = Number(values.port);
-const log = (line) => console.error(`[http2-server ${process.pid}] ${line}`);
 
-const upgrader = createUpgrader({ dir: values.dir });
+const upgrader = createUpgrader({ dir: args.dir });
 
-const server = values.h2c ? http2.createServer() : http2.createSecureServer({ cert: fs.readFileSync(values.cert), key: fs.readFileSync(values.key) });
+const server = args.h2c ? http2.createServer() : http2.createSecureServer({ cert: fs.readFileSync(args.cert), key: fs.readFileSync(args.key) });
 
 /** A gRPC message: a compression flag (0), a 4-byte big-endian length, the bytes. */
 function grpcMessage(payload) {
@@ -84,32 +76,6 @@ server.on('stream', (stream, headers) => {
   else answer();
 });
 
-await upgrader.listen(server, { port, host: values.host });
+await upgrader.listen(server, { port: args.port, host: args.host }).catch(cannotListen);
 
-process.on('SIGHUP', () => {
-  upgrader.upgrade().then(
-    (pid) => log(`upgraded: pid ${pid} serves now`),
-    (err) => log(`upgrade failed (${err.code}): ${err.message}; still serving`),
-  );
-});
-
-process.on('SIGTERM', async () => {
-  if (upgrader.state === 'retiring') return; // already on its way out
-  log('SIGTERM: closing');
-  upgrader.stop();
-  server.close();
-  const report = await upgrader.waitConnectionsDone();
-  log(`closed (${report.closed} connections finished, ${report.remaining} cut)`);
-  process.exit(0);
-});
-
-upgrader.on('upgradeFailed', (err) => log(`upgrade failed (${err.code}): ${err.message}`));
-upgrader.on('rollback', ({ successorPid, reason }) => log(`successor ${successorPid} lost (${reason}); serving again`));
-upgrader.on('retired', (report) => {
-  log(`retired: ${report.closed} closed, ${report.moved} moved, ${report.remaining} left`);
-  process.exit(0);
-});
-
-// Ready last: whoever reads this line may signal at once, so every handler is in place.
-await upgrader.ready();
-console.log(`ready pid=${process.pid} port=${server.address().port}`);
+await serve(upgrader, { log, server });

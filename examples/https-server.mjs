@@ -12,28 +12,20 @@
 // is closed under a request that may be on its way (see docs/http2-and-tls.md).
 import fs from 'node:fs';
 import https from 'node:https';
-import { parseArgs } from 'node:util';
 import { createUpgrader } from 'handover';
+import { example, serve } from './lib/example.mjs';
 
-const { values } = parseArgs({
+const { args, log, cannotListen } = example('https-server', {
   options: {
-    port: { type: 'string' },
-    host: { type: 'string' },
-    dir: { type: 'string' },
     cert: { type: 'string', default: new URL('../test/fixtures/tls-cert.pem', import.meta.url).pathname },
     key: { type: 'string', default: new URL('../test/fixtures/tls-key.pem', import.meta.url).pathname },
   },
+  usage: '[--cert C --key K]',
 });
-if (values.port === undefined || values.dir === undefined) {
-  console.error('usage: node examples/https-server.mjs --port P [--host H] --dir D [--cert C --key K]');
-  process.exit(2);
-}
-const port = Number(values.port);
-const log = (line) => console.error(`[https-server ${process.pid}] ${line}`);
 
-const upgrader = createUpgrader({ dir: values.dir });
+const upgrader = createUpgrader({ dir: args.dir });
 
-const server = https.createServer({ cert: fs.readFileSync(values.cert), key: fs.readFileSync(values.key) }, (req, res) => {
+const server = https.createServer({ cert: fs.readFileSync(args.cert), key: fs.readFileSync(args.key) }, (req, res) => {
   const url = new URL(req.url ?? '/', 'https://localhost');
   const answer = () => {
     res.writeHead(200, { 'content-type': 'text/plain', 'x-pid': String(process.pid) });
@@ -43,32 +35,6 @@ const server = https.createServer({ cert: fs.readFileSync(values.cert), key: fs.
   else answer();
 });
 
-await upgrader.listen(server, { port, host: values.host });
+await upgrader.listen(server, { port: args.port, host: args.host }).catch(cannotListen);
 
-process.on('SIGHUP', () => {
-  upgrader.upgrade().then(
-    (pid) => log(`upgraded: pid ${pid} serves now`),
-    (err) => log(`upgrade failed (${err.code}): ${err.message}; still serving`),
-  );
-});
-
-process.on('SIGTERM', async () => {
-  if (upgrader.state === 'retiring') return; // already on its way out
-  log('SIGTERM: closing');
-  upgrader.stop();
-  server.close();
-  const report = await upgrader.waitConnectionsDone();
-  log(`closed (${report.closed} connections finished, ${report.remaining} cut)`);
-  process.exit(0);
-});
-
-upgrader.on('upgradeFailed', (err) => log(`upgrade failed (${err.code}): ${err.message}`));
-upgrader.on('rollback', ({ successorPid, reason }) => log(`successor ${successorPid} lost (${reason}); serving again`));
-upgrader.on('retired', (report) => {
-  log(`retired: ${report.closed} closed, ${report.moved} moved, ${report.remaining} left`);
-  process.exit(0);
-});
-
-// Ready last: whoever reads this line may signal at once, so every handler is in place.
-await upgrader.ready();
-console.log(`ready pid=${process.pid} port=${server.address().port}`);
+await serve(upgrader, { log, server });

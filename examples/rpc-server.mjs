@@ -12,25 +12,13 @@
 //   - adopting (successor): a moved connection gets a decoder fed with those bytes first.
 // Responses on a connection go out as each call finishes (out of order; Bolt matches them by id).
 import { once } from 'node:events';
-import { parseArgs } from 'node:util';
 import { createUpgrader } from 'handover';
+import { example, movedFirst, serve } from './lib/example.mjs';
 import { createRpcServer } from './rpc-server-core.mjs';
 
-const { values } = parseArgs({
-  options: {
-    port: { type: 'string' },
-    host: { type: 'string' },
-    dir: { type: 'string' },
-  },
-});
-if (values.port === undefined || values.dir === undefined) {
-  console.error('usage: node examples/rpc-server.mjs --port P [--host H] --dir D');
-  process.exit(2);
-}
-const port = Number(values.port);
-const log = (line) => console.error(`[rpc-server ${process.pid}] ${line}`);
+const { args, log, cannotListen } = example('rpc-server');
 
-const upgrader = createUpgrader({ dir: values.dir });
+const upgrader = createUpgrader({ dir: args.dir });
 
 /** The connections this process decodes (accepted, adopted, or kept after a failed move), by socket. */
 const conns = new Map();
@@ -53,7 +41,7 @@ function finish(conn) {
   void idle(conn).then(() => conn.socket.end(() => conn.socket.destroy()));
 }
 
-await upgrader.listen(server, { port, host: values.host }, {
+await upgrader.listen(server, { port: args.port, host: args.host }, {
   protocol: {
     // Any moment is a safe point: the half-received frame travels as `pending`.
     prepareMove: (socket) => {
@@ -73,7 +61,7 @@ await upgrader.listen(server, { port, host: values.host }, {
     // Successor side: the decoder gets `pending` first, then starts the socket reading.
     adopt: (socket, { pending }) => server.adoptConnection(socket, pending),
   },
-});
+}).catch(cannotListen);
 
 // What became of the connections of one retirement, for the log: moved, kept (why), or closed.
 let tally;
@@ -93,33 +81,12 @@ upgrader.on('retiring', ({ successorPid }) => {
   log(`retiring: moving ${conns.size} connections (${calls} calls in flight) to pid ${successorPid}`);
 });
 
-process.on('SIGHUP', () => {
-  upgrader.upgrade().then(
-    (pid) => log(`upgraded: pid ${pid} serves now`),
-    (err) => log(`upgrade failed (${err.code}): ${err.message}; still serving`),
-  );
+await serve(upgrader, {
+  log,
+  server,
+  close: () => {
+    server.close();
+    for (const conn of conns.values()) finish(conn);
+  },
+  retiredLine: movedFirst,
 });
-
-process.on('SIGTERM', async () => {
-  if (upgrader.state === 'retiring') return; // already on its way out
-  log('SIGTERM: closing');
-  upgrader.stop();
-  server.close();
-  for (const conn of conns.values()) finish(conn);
-  const report = await upgrader.waitConnectionsDone();
-  log(`closed (${report.closed} connections finished, ${report.remaining} cut)`);
-  process.exit(0);
-});
-
-upgrader.on('warning', (err) => log(`warning (${err.code}): ${err.message}`));
-upgrader.on('upgradeFailed', (err) => log(`upgrade failed (${err.code}): ${err.message}`));
-upgrader.on('rollback', ({ successorPid, reason }) => log(`successor ${successorPid} lost (${reason}); serving again`));
-upgrader.on('predecessorRetired', ({ pid, clean }) => log(`predecessor ${pid} retired${clean ? '' : ' (went away)'}`));
-upgrader.on('retired', (report) => {
-  log(`retired: ${report.moved} connections moved, ${report.closed} closed, ${report.remaining} left`);
-  process.exit(0);
-});
-
-// Ready last: whoever reads this line may signal at once, so every handler is in place.
-await upgrader.ready();
-console.log(`ready pid=${process.pid} port=${server.address().port}`);

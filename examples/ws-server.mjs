@@ -11,27 +11,15 @@
 //                 even while connections are moving (see `broadcast` below).
 import * as fs from 'node:fs';
 import http from 'node:http';
-import { parseArgs } from 'node:util';
 import { WebSocketServer } from 'ws';
 import { createUpgrader } from 'handover';
 import { webSocketAdapter } from 'handover/ws';
+import { example, movedFirst, serve } from './lib/example.mjs';
 
-const { values } = parseArgs({
-  options: {
-    port: { type: 'string' },
-    host: { type: 'string' },
-    dir: { type: 'string' },
-  },
-});
-if (values.port === undefined || values.dir === undefined) {
-  console.error('usage: node examples/ws-server.mjs --port P [--host H] --dir D');
-  process.exit(2);
-}
-const port = Number(values.port);
-const log = (line) => console.error(`[ws-server ${process.pid}] ${line}`);
+const { args, log, cannotListen } = example('ws-server');
 const page = fs.readFileSync(new URL('./ws-page.html', import.meta.url));
 
-const upgrader = createUpgrader({ dir: values.dir });
+const upgrader = createUpgrader({ dir: args.dir });
 
 const server = http.createServer((req, res) => {
   if (req.method === 'POST' && req.url === '/broadcast') return relayed(req, res);
@@ -106,7 +94,7 @@ function broadcast(text, except = new Set()) {
 }
 function relay(text, except) {
   const body = JSON.stringify({ text, except });
-  const req = http.request({ host: values.host ?? '127.0.0.1', port: server.address().port, method: 'POST', path: '/broadcast', headers: { 'content-type': 'application/json' } });
+  const req = http.request({ host: args.host ?? '127.0.0.1', port: server.address().port, method: 'POST', path: '/broadcast', headers: { 'content-type': 'application/json' } });
   req.on('error', (err) => log(`broadcast relay failed: ${err.message}`));
   req.end(body);
 }
@@ -126,36 +114,16 @@ upgrader.on('predecessorRetired', () => {
 
 // WebSockets move with `protocol` (rebuilt in the successor and emitted as 'connection' with their
 // state); the server's plain HTTP connections move as they would without it.
-await upgrader.listen(server, { port, host: values.host }, { protocol });
-
-process.on('SIGHUP', () => {
-  upgrader.upgrade().then(
-    (pid) => log(`upgraded: pid ${pid} serves now`),
-    (err) => log(`upgrade failed (${err.code}): ${err.message}; still serving`),
-  );
-});
-
-process.on('SIGTERM', async () => {
-  if (upgrader.state === 'retiring') return; // already on its way out
-  log('SIGTERM: closing');
-  upgrader.stop();
-  server.close();
-  for (const ws of wss.clients) ws.close(1001, 'going away');
-  const report = await upgrader.waitConnectionsDone();
-  log(`closed (${report.closed} connections finished, ${report.remaining} cut)`);
-  process.exit(0);
-});
+await upgrader.listen(server, { port: args.port, host: args.host }, { protocol }).catch(cannotListen);
 
 upgrader.on('retiring', ({ successorPid }) => log(`retiring: moving ${protocol.open.size} WebSockets to pid ${successorPid}`));
-upgrader.on('warning', (err) => log(`warning (${err.code}): ${err.message}`));
-upgrader.on('upgradeFailed', (err) => log(`upgrade failed (${err.code}): ${err.message}`));
-upgrader.on('rollback', ({ successorPid, reason }) => log(`successor ${successorPid} lost (${reason}); serving again`));
-upgrader.on('predecessorRetired', ({ pid, clean }) => log(`predecessor ${pid} retired${clean ? '' : ' (went away)'}`));
-upgrader.on('retired', (report) => {
-  log(`retired: ${report.moved} connections moved, ${report.closed} closed, ${report.remaining} left`);
-  process.exit(0);
-});
 
-// Ready last: whoever reads this line may signal at once, so every handler is in place.
-await upgrader.ready();
-console.log(`ready pid=${process.pid} port=${server.address().port}`);
+await serve(upgrader, {
+  log,
+  server,
+  close: () => {
+    server.close();
+    for (const ws of wss.clients) ws.close(1001, 'going away');
+  },
+  retiredLine: movedFirst,
+});

@@ -172,6 +172,79 @@ Napi::Value SocketInfo(const Napi::CallbackInfo& info) {
   return object;
 }
 
+// One check per fd of a CONN frame, in one call: a Uint8Array of fdpass::ConnectionCheck codes.
+Napi::Value CheckConnections(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) {
+    Napi::TypeError error = Napi::TypeError::New(env, "fds must be an array of fds");
+    error.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
+    error.ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array list = info[0].As<Napi::Array>();
+  uint32_t count = list.Length();
+  Napi::Uint8Array checks = Napi::Uint8Array::New(env, count);
+  for (uint32_t i = 0; i < count; i++) {
+    int fd = 0;
+    if (!GetFd(env, list.Get(i), "fd", &fd)) return env.Undefined();
+    checks[i] = fdpass::CheckConnection(fd);
+  }
+  return checks;
+}
+
+Napi::Value EpollCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  fdpass::Result result = fdpass::EpollCreate();
+  if (result.err != 0) return ThrowSystemError(env, result);
+  return Napi::Number::New(env, static_cast<double>(result.value));
+}
+
+// epollAdd(epollFd, fds): every fd of the list, in one call; throws at the first failure (the
+// fds before it are watched).
+Napi::Value EpollAdd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int epollFd = 0;
+  if (!GetFd(env, info[0], "epollFd", &epollFd)) return env.Undefined();
+  if (!info[1].IsArray()) {
+    Napi::TypeError error = Napi::TypeError::New(env, "fds must be an array of fds");
+    error.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
+    error.ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array list = info[1].As<Napi::Array>();
+  uint32_t count = list.Length();
+  for (uint32_t i = 0; i < count; i++) {
+    int fd = 0;
+    if (!GetFd(env, list.Get(i), "fd", &fd)) return env.Undefined();
+    fdpass::Result result = fdpass::EpollAdd(epollFd, fd);
+    if (result.err != 0) return ThrowSystemError(env, result);
+  }
+  return env.Undefined();
+}
+
+Napi::Value EpollDelete(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int epollFd = 0;
+  int fd = 0;
+  if (!GetFd(env, info[0], "epollFd", &epollFd) || !GetFd(env, info[1], "fd", &fd)) return env.Undefined();
+  fdpass::Result result = fdpass::EpollDelete(epollFd, fd);
+  if (result.err != 0) return ThrowSystemError(env, result);
+  return env.Undefined();
+}
+
+// epollWait(epollFd): the fds ready now (at most 256), never blocking.
+Napi::Value EpollWait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int epollFd = 0;
+  if (!GetFd(env, info[0], "epollFd", &epollFd)) return env.Undefined();
+  int ready[256];
+  fdpass::Result result = fdpass::EpollWait(epollFd, ready, 256);
+  if (result.err != 0) return ThrowSystemError(env, result);
+  Napi::Array list = Napi::Array::New(env, static_cast<size_t>(result.value));
+  for (int64_t i = 0; i < result.value; i++) list.Set(static_cast<uint32_t>(i), Napi::Number::New(env, ready[i]));
+  return list;
+}
+
 Napi::Value Dup(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = 0;
@@ -240,6 +313,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("recvmsg", Napi::Function::New<ReceiveMessage>(env, "recvmsg"));
   exports.Set("peerCredentials", Napi::Function::New<PeerCredentials>(env, "peerCredentials"));
   exports.Set("socketInfo", Napi::Function::New<SocketInfo>(env, "socketInfo"));
+  exports.Set("checkConnections", Napi::Function::New<CheckConnections>(env, "checkConnections"));
+  exports.Set("epollCreate", Napi::Function::New<EpollCreate>(env, "epollCreate"));
+  exports.Set("epollAdd", Napi::Function::New<EpollAdd>(env, "epollAdd"));
+  exports.Set("epollDelete", Napi::Function::New<EpollDelete>(env, "epollDelete"));
+  exports.Set("epollWait", Napi::Function::New<EpollWait>(env, "epollWait"));
   exports.Set("dup", Napi::Function::New<Dup>(env, "dup"));
   exports.Set("close", Napi::Function::New<Close>(env, "close"));
   exports.Set("setNonBlocking", Napi::Function::New<SetNonBlocking>(env, "setNonBlocking"));

@@ -11,6 +11,9 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#endif
 
 #include <cerrno>
 #include <cstring>
@@ -192,13 +195,14 @@ Result Accept(int fd) {
   }
 }
 
-Result SendMessage(int fd, const void* data, size_t length, const int* fds, size_t fdCount) {
-  if (fdCount > static_cast<size_t>(kMaxFdsPerMessage)) return Fail("sendmsg", EINVAL);
+ssize_t SendWithFds(int fd, const void* data, size_t length, const int* fds, size_t fdCount, const sockaddr_un* address, socklen_t addressLength) {
   iovec vector;
   vector.iov_base = const_cast<void*>(data);
   vector.iov_len = length;
   msghdr message;
   std::memset(&message, 0, sizeof(message));
+  message.msg_name = const_cast<sockaddr_un*>(address);
+  message.msg_namelen = address == nullptr ? 0 : addressLength;
   message.msg_iov = &vector;
   message.msg_iovlen = 1;
   alignas(cmsghdr) unsigned char control[kControlBytes];
@@ -217,13 +221,19 @@ Result SendMessage(int fd, const void* data, size_t length, const int* fds, size
 #ifdef MSG_NOSIGNAL
   flags |= MSG_NOSIGNAL;
 #endif
-  for (;;) {
-    ssize_t sent = sendmsg(fd, &message, flags);
-    if (sent >= 0) return Ok(sent);
-    if (errno == EINTR) continue;
-    if (IsWouldBlock(errno)) return Ok(kWouldBlock);
-    return Fail("sendmsg", errno);
-  }
+  ssize_t sent;
+  do {
+    sent = sendmsg(fd, &message, flags);
+  } while (sent < 0 && errno == EINTR);
+  return sent;
+}
+
+Result SendMessage(int fd, const void* data, size_t length, const int* fds, size_t fdCount) {
+  if (fdCount > static_cast<size_t>(kMaxFdsPerMessage)) return Fail("sendmsg", EINVAL);
+  ssize_t sent = SendWithFds(fd, data, length, fds, fdCount, nullptr, 0);
+  if (sent >= 0) return Ok(sent);
+  if (IsWouldBlock(errno)) return Ok(kWouldBlock);
+  return Fail("sendmsg", errno);
 }
 
 Result ReceiveMessage(int fd, void* buffer, size_t length, int maxFds, ReceivedFds* received) {
@@ -283,6 +293,47 @@ Result ReceiveMessage(int fd, void* buffer, size_t length, int maxFds, ReceivedF
   received->count = arrivedCount;
   return Ok(bytes);
 }
+
+#ifdef __linux__
+Result EpollCreate() {
+  int fd = epoll_create1(EPOLL_CLOEXEC);
+  if (fd < 0) return Fail("epoll_create1", errno);
+  return Ok(fd);
+}
+
+Result EpollAdd(int epollFd, int fd) {
+  epoll_event event;
+  std::memset(&event, 0, sizeof(event));
+  event.events = EPOLLIN | EPOLLRDHUP;
+  event.data.fd = fd;
+  if (epoll_ctl(epollFd, EPOLL_CTL_ADD, fd, &event) < 0) return Fail("epoll_ctl", errno);
+  return Ok(0);
+}
+
+Result EpollDelete(int epollFd, int fd) {
+  epoll_event event;
+  std::memset(&event, 0, sizeof(event));
+  if (epoll_ctl(epollFd, EPOLL_CTL_DEL, fd, &event) < 0) return Fail("epoll_ctl", errno);
+  return Ok(0);
+}
+
+Result EpollWait(int epollFd, int* ready, int max) {
+  epoll_event events[256];
+  if (max > 256) max = 256;
+  int count;
+  do {
+    count = epoll_wait(epollFd, events, max, 0);
+  } while (count < 0 && errno == EINTR);
+  if (count < 0) return Fail("epoll_wait", errno);
+  for (int i = 0; i < count; i++) ready[i] = events[i].data.fd;
+  return Ok(count);
+}
+#else
+Result EpollCreate() { return Fail("epoll_create1", ENOSYS); }
+Result EpollAdd(int, int) { return Fail("epoll_ctl", ENOSYS); }
+Result EpollDelete(int, int) { return Fail("epoll_ctl", ENOSYS); }
+Result EpollWait(int, int*, int) { return Fail("epoll_wait", ENOSYS); }
+#endif
 
 Result Dup(int fd) {
   int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);

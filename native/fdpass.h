@@ -87,6 +87,12 @@ Result Accept(int fd);
 // or kWouldBlock. EINTR is retried.
 Result SendMessage(int fd, const void* data, size_t length, const int* fds, size_t fdCount);
 
+// The one sendmsg(2) that builds an SCM_RIGHTS message: length bytes with fdCount (at most
+// kMaxFdsPerMessage) fds attached, to address (nullptr: the connected peer), MSG_NOSIGNAL, EINTR
+// retried. Returns what sendmsg returned (errno set when negative); SendMessage and NotifySend
+// turn that into a Result each their own way.
+ssize_t SendWithFds(int fd, const void* data, size_t length, const int* fds, size_t fdCount, const sockaddr_un* address, socklen_t addressLength);
+
 // recvmsg(2) into buffer with room for maxFds fds. value is the bytes read (0 with no fds: the
 // peer closed) or kWouldBlock. When the message or its fds did not fit, every fd that arrived is
 // closed and the result is EMSGSIZE.
@@ -96,6 +102,28 @@ Result PeerCredentials(int fd, Credentials* credentials);
 
 // ENOTSOCK (from getsockopt) when fd is not a socket.
 Result DescribeSocket(int fd, SocketDescription* description);
+
+// What a received fd is, as a moved connection: kConnection for a connected (not listening) stream
+// socket of family inet, inet6 or unix; otherwise why not. Three getsockopt calls, no getsockname:
+// the successor checks every fd of a CONN frame before it acknowledges them.
+enum ConnectionCheck : uint8_t {
+  kConnection = 0,
+  kNotSocket = 1,     // getsockopt failed (ENOTSOCK, EBADF)
+  kNotStream = 2,     // SOCK_DGRAM, SOCK_SEQPACKET, ...
+  kUnknownFamily = 3, // neither inet, inet6 nor unix
+  kListening = 4,     // SO_ACCEPTCONN
+};
+ConnectionCheck CheckConnection(int fd);
+
+// A set of fds watched for readability in one kernel object (Linux epoll; ENOSYS elsewhere): the
+// successor parks acknowledged idle connections there instead of making a Node socket for each.
+// EpollCreate: value is the epoll fd (close-on-exec). EpollAdd: EPOLLIN | EPOLLRDHUP, the fd as
+// its data. EpollDelete: stop watching fd. EpollWait: never blocks; value is how many of `ready`
+// (room for `max`) were filled with fds that are readable or hung up.
+Result EpollCreate();
+Result EpollAdd(int epollFd, int fd);
+Result EpollDelete(int epollFd, int fd);
+Result EpollWait(int epollFd, int* ready, int max);
 
 // fcntl(F_DUPFD_CLOEXEC); value is the new fd.
 Result Dup(int fd);

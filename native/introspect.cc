@@ -121,6 +121,28 @@ Result DescribeSocket(int fd, SocketDescription* description) {
   return Ok(0);
 }
 
+ConnectionCheck CheckConnection(int fd) {
+  int type = 0;
+  socklen_t length = sizeof(type);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0) return kNotSocket;
+  if (type != SOCK_STREAM) return kNotStream;
+  int family = AF_UNSPEC;
+#ifdef SO_DOMAIN
+  length = sizeof(family);
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &length) < 0) return kNotSocket;
+#else
+  sockaddr_storage address;
+  socklen_t addressLength = sizeof(address);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &addressLength) < 0) return kNotSocket;
+  family = address.ss_family;
+#endif
+  if (family != AF_INET && family != AF_INET6 && family != AF_UNIX) return kUnknownFamily;
+  int accepting = 0;
+  length = sizeof(accepting);
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length) < 0) return kNotSocket;
+  return accepting != 0 ? kListening : kConnection;
+}
+
 Result IdentifyFile(int fd, FileIdentity* identity) {
   struct stat status;
   if (fstat(fd, &status) < 0) return Fail("fstat", errno);

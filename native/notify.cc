@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 
 namespace fdpass {
 
@@ -36,35 +35,7 @@ Result NotifySend(const char* path, size_t length, const void* data, size_t data
     close(fd);
     return result;
   }
-  iovec vector;
-  vector.iov_base = const_cast<void*>(data);
-  vector.iov_len = dataLength;
-  msghdr message;
-  std::memset(&message, 0, sizeof(message));
-  message.msg_name = &address;
-  message.msg_namelen = addressLength;
-  message.msg_iov = &vector;
-  message.msg_iovlen = 1;
-  alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-  if (fdCount > 0) {
-    size_t controlLength = CMSG_SPACE(sizeof(int) * fdCount);
-    std::memset(control, 0, controlLength);
-    message.msg_control = control;
-    message.msg_controllen = static_cast<decltype(message.msg_controllen)>(controlLength);
-    cmsghdr* header = CMSG_FIRSTHDR(&message);
-    header->cmsg_level = SOL_SOCKET;
-    header->cmsg_type = SCM_RIGHTS;
-    header->cmsg_len = static_cast<decltype(header->cmsg_len)>(CMSG_LEN(sizeof(int) * fdCount));
-    std::memcpy(CMSG_DATA(header), fds, sizeof(int) * fdCount);
-  }
-  int flags = 0;
-#ifdef MSG_NOSIGNAL
-  flags |= MSG_NOSIGNAL;
-#endif
-  ssize_t sent;
-  do {
-    sent = sendmsg(fd, &message, flags);
-  } while (sent < 0 && errno == EINTR);
+  ssize_t sent = SendWithFds(fd, data, dataLength, fds, fdCount, &address, addressLength);
   Result result = sent < 0 ? Fail("sendmsg", errno) : Ok(sent);
   close(fd);
   return result;

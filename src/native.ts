@@ -73,6 +73,19 @@ export interface Binding {
   recvmsg(fd: number, buffer: Buffer, maxFds: number): ReceivedMessage | null;
   peerCredentials(fd: number): PeerCredentials;
   socketInfo(fd: number): SocketInfo;
+  /**
+   * One check per fd, for the fds of a CONN frame: 0 a connected stream socket (inet, inet6 or
+   * unix, not listening); 1 not a socket; 2 not a stream; 3 another family; 4 listening.
+   */
+  checkConnections(fds: readonly number[]): Uint8Array;
+  /** epoll_create1(EPOLL_CLOEXEC): a set of fds watched for readability (Linux; ENOSYS elsewhere). */
+  epollCreate(): number;
+  /** epoll_ctl(ADD) of every fd, EPOLLIN | EPOLLRDHUP; throws at the first failure. */
+  epollAdd(epollFd: number, fds: readonly number[]): void;
+  /** epoll_ctl(DEL). */
+  epollDelete(epollFd: number, fd: number): void;
+  /** epoll_wait with no timeout: the fds readable or hung up now (at most 256). */
+  epollWait(epollFd: number): number[];
   /** dup with close-on-exec (F_DUPFD_CLOEXEC). */
   dup(fd: number): number;
   close(fd: number): void;

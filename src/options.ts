@@ -40,7 +40,7 @@ export interface UpgraderEvents {
   upgradeFailed: [HandoverError];
   /** The successor died (or gave up) after READY: this process accepts again and owns the control socket. */
   rollback: [{ successorPid: number; reason: string }];
-  /** The predecessor finished retiring (said BYE or exited). Upgrades are possible from now on. */
+  /** The predecessor finished retiring (said BYE or exited): every connection it moved here has reached its server. Upgrades are possible from now on. */
   predecessorRetired: [{ pid: number; clean: boolean }];
   /** Retiring is over: exit the process now. */
   retired: [ConnectionsReport];

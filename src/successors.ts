@@ -7,7 +7,7 @@ import { createDebug } from './log';
 import { CONTROL_SOCKET, ownsControlSocket, takeOverControlSocket, type OwnedControlSocket } from './control-dir';
 import { HandoverError, type HandoverErrorCode } from './errors';
 import type { ChangeQueue, Lifecycle, LifecycleEvent } from './lifecycle';
-import type { TransferOptions } from './connections';
+import { startParkedConnections, type TransferOptions } from './connections';
 import type { ConnectionsReport, ConnectionTracker } from './connection-tracker';
 import type { LinkEnd, SuccessorLink } from './successor-link';
 import { SpawnedSuccessor, EXIT_GRACE_MS, waitGone, type ProcessLayer } from './spawner';
@@ -143,6 +143,9 @@ export class Successors {
     this.retirement = new Retirement(link, this.generation.servers, this.generation.tracker, { gracefulTimeout: this.generation.options.gracefulTimeout, answerTimeout: this.generation.options.readyTimeout, canMove: moveConnectionsPossible() }, {
       retired: (report) => this.generation.queue.run(() => this.onRetired(report)),
     });
+    // Connections adopted from this process's own predecessor and still parked become sockets
+    // first: the application and the adapters move what their servers have seen.
+    startParkedConnections();
     this.generation.emit('retiring', { successorPid: link.pid });
     this.retirement.start();
   }

@@ -278,6 +278,9 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
         if (this.predecessor !== predecessor) return;
         this.predecessor = undefined;
         if (error) this.warn(error instanceof HandoverError ? error : new HandoverError('ERR_HANDOVER_PROTOCOL', error.message, { cause: error }));
+        // Every connection moved here reaches its server before the application hears that the
+        // move is over (idle ones may still be parked: see ConnectionAdopter).
+        adopter.startAll();
         this.emit('predecessorRetired', { pid: predecessor.pid, clean });
       },
     );

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { Agent as UndiciAgent, request as undiciRequest } from 'undici';
-import { Tally, retirements, startExample, tlsCa, upgradeTimes } from './tls-upgrades.mjs';
+import { load, retirements, startExample, tlsCa, upgradeTimes } from './tls-upgrades.mjs';
 
 const CLIENTS = 16;
 const UPGRADES = 3;
@@ -20,31 +20,6 @@ afterEach(async () => {
   if (server) fs.rmSync(server.base, { recursive: true, force: true });
   server = undefined;
 });
-
-/** load runs `clients` loops of back-to-back calls until stop(); `send(i)` resolves with the pid that answered. */
-function load(clients, send) {
-  const tally = new Tally();
-  const pids = new Set();
-  let stopped = false;
-  const loops = Array.from({ length: clients }, async (_, i) => {
-    while (!stopped) {
-      try {
-        pids.add(await send(i));
-        tally.add('ok');
-      } catch (err) {
-        tally.add(err.code ?? err.message);
-      }
-    }
-  });
-  return {
-    tally,
-    pids,
-    stop: async () => {
-      stopped = true;
-      await Promise.all(loops);
-    },
-  };
-}
 
 async function throughUpgrades(kind, send, { clients = CLIENTS, minimum = 100 } = {}) {
   server = await startExample('http2-server.mjs', kind === 'h2c' ? ['--h2c'] : []);

@@ -11,7 +11,7 @@ import * as https from 'node:https';
 import * as path from 'node:path';
 import { Agent as UndiciAgent, request as undiciRequest } from 'undici';
 import { ProcessGroup, fixtures, tmpDir } from './helpers.mjs';
-import { Tally, retirements, startExample, tlsCa, upgradeTimes } from './tls-upgrades.mjs';
+import { load, retirements, startExample, tlsCa, upgradeTimes } from './tls-upgrades.mjs';
 import { runWrk } from './wrk.mjs';
 
 const CLIENTS = 16;
@@ -33,43 +33,23 @@ function httpsGet(port, agent) {
   });
 }
 
-/** hammer runs `clients` loops of back-to-back requests until stop(); returns the tally and the pids that answered. */
-function hammer(clients, send) {
-  const tally = new Tally();
-  const pids = new Set();
-  let stopped = false;
-  const loops = Array.from({ length: clients }, async (_, i) => {
-    while (!stopped) {
-      try {
-        const { status, pid } = await send(i);
-        tally.add(status === 200 ? 'ok' : `status ${status}`);
-        pids.add(pid);
-      } catch (err) {
-        tally.add(err.code ?? err.message);
-      }
-    }
-  });
-  return {
-    tally,
-    pids,
-    stop: async () => {
-      stopped = true;
-      await Promise.all(loops);
-    },
-  };
+/** answeredBy: the pid of a 200 response, for load(); another status is a failure, counted as `status N`. */
+function answeredBy({ status, pid }) {
+  if (status === 200) return pid;
+  throw Object.assign(new Error(`status ${status}`), { code: `status ${status}` });
 }
 
 async function throughUpgrades(send) {
   server = await startExample('https-server.mjs');
-  const load = hammer(CLIENTS, send);
+  const running = load(CLIENTS, async (i) => answeredBy(await send(i)));
   const pids = await upgradeTimes(server.group, 'https-server', server.pid, UPGRADES);
   await new Promise((resolve) => setTimeout(resolve, 300));
-  await load.stop();
-  console.log(`${load.tally}; answered by ${[...load.pids].join(' ')}`);
-  assert.deepEqual(load.tally.failures(), [], `failed requests: ${load.tally}`);
-  assert.ok(load.tally.get('ok') > 100, `${load.tally}`);
+  await running.stop();
+  console.log(`${running.tally}; answered by ${[...running.pids].join(' ')}`);
+  assert.deepEqual(running.tally.failures(), [], `failed requests: ${running.tally}`);
+  assert.ok(running.tally.get('ok') > 100, `${running.tally}`);
   // Every generation served, and every predecessor ended with nothing cut.
-  for (const pid of pids) assert.ok(load.pids.has(pid), `pid ${pid} never answered`);
+  for (const pid of pids) assert.ok(running.pids.has(pid), `pid ${pid} never answered`);
   const reports = retirements(server.group, 'https-server');
   for (const pid of pids.slice(0, -1)) assert.equal(reports.get(pid)?.remaining, 0, `pid ${pid}: ${JSON.stringify(reports.get(pid))}`);
 }
@@ -120,7 +100,7 @@ test(`an HTTP/2 server's HTTP/1.1 fallback (allowHTTP1), ${CLIENTS} https.Agent 
   const [, firstPid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);
   server.port = Number(port);
   const agents = Array.from({ length: CLIENTS }, () => new https.Agent({ keepAlive: true, maxSockets: 1 }));
-  const load = hammer(CLIENTS, (i) => httpsGet(server.port, agents[i]));
+  const running = load(CLIENTS, async (i) => answeredBy(await httpsGet(server.port, agents[i])));
   try {
     let current = Number(firstPid);
     for (let i = 0; i < 2; i++) {
@@ -134,10 +114,10 @@ test(`an HTTP/2 server's HTTP/1.1 fallback (allowHTTP1), ${CLIENTS} https.Agent 
     }
     await new Promise((resolve) => setTimeout(resolve, 300));
   } finally {
-    await load.stop();
+    await running.stop();
     for (const agent of agents) agent.destroy();
   }
-  console.log(`${load.tally}; answered by ${[...load.pids].join(' ')}`);
-  assert.deepEqual(load.tally.failures(), [], `failed requests: ${load.tally}`);
-  assert.equal(load.pids.size, 3);
+  console.log(`${running.tally}; answered by ${[...running.pids].join(' ')}`);
+  assert.deepEqual(running.tally.failures(), [], `failed requests: ${running.tally}`);
+  assert.equal(running.pids.size, 3);
 });

@@ -170,7 +170,7 @@ function udpSocketFd(port) {
 describe('exports', () => {
   test('match the Binding interface', () => {
     assert.equal(native.MAX_FDS_PER_MESSAGE, 253);
-    const functions = ['seqpacketPair', 'seqpacketListen', 'seqpacketConnect', 'unixStreamListen', 'unixStreamConnect', 'accept', 'sendmsg', 'recvmsg', 'peerCredentials', 'socketInfo', 'dup', 'close', 'setNonBlocking', 'notify', 'unixDatagramBind', 'createPoller', 'reapChild', 'setChildSubreaper'];
+    const functions = ['seqpacketPair', 'seqpacketListen', 'seqpacketConnect', 'unixStreamListen', 'unixStreamConnect', 'accept', 'sendmsg', 'recvmsg', 'peerCredentials', 'socketInfo', 'checkConnections', 'epollCreate', 'epollAdd', 'epollDelete', 'epollWait', 'dup', 'close', 'setNonBlocking', 'notify', 'unixDatagramBind', 'createPoller', 'reapChild', 'setChildSubreaper'];
     for (const name of functions) assert.equal(typeof native[name], 'function', name);
     assert.deepEqual(Object.keys(native).sort(), ['MAX_FDS_PER_MESSAGE', ...functions].sort());
   });
@@ -576,6 +576,52 @@ describe('socketInfo', () => {
     assertSystemError(() => native.socketInfo(fileFd), 'ENOTSOCK', 'getsockopt');
     fs.closeSync(fileFd);
     assertSystemError(() => native.socketInfo(fileFd), 'EBADF', 'getsockopt');
+  });
+});
+
+describe('checkConnections', () => {
+  fdTest('a connection, a listener, a seqpacket socket, a file and a closed fd, in one call', async () => {
+    const server = net.createServer();
+    await listen(server, 0, '127.0.0.1');
+    const accepted = once(server, 'connection');
+    const client = net.connect(server.address().port, '127.0.0.1');
+    await once(client, 'connect');
+    const [peer] = await accepted;
+    const pair = native.seqpacketPair();
+    const fileFd = fs.openSync(tempFile('check.txt', ''), 'r');
+    const closedFd = native.dup(fileFd);
+    native.close(closedFd);
+    const checks = native.checkConnections([client._handle.fd, peer._handle.fd, server._handle.fd, pair[0], fileFd, closedFd]);
+    assert.ok(checks instanceof Uint8Array);
+    assert.deepEqual([...checks], [0, 0, 4, 2, 1, 1]);
+    fs.closeSync(fileFd);
+    closeAll(pair);
+    await destroySocket(client);
+    await destroySocket(peer);
+    await closeServer(server);
+  });
+});
+
+describe('epoll', () => {
+  fdTest('parked fds are reported once readable or hung up, and no longer once deleted', (t) => {
+    if (process.platform !== 'linux') {
+      t.skip('epoll is Linux only');
+      return;
+    }
+    const epollFd = native.epollCreate();
+    const [a, b] = native.seqpacketPair();
+    const [c, d] = native.seqpacketPair();
+    native.epollAdd(epollFd, [a, c]);
+    assert.deepEqual(native.epollWait(epollFd), []);
+    native.sendmsg(b, Buffer.from('x'), []);
+    assert.deepEqual(native.epollWait(epollFd), [a]);
+    native.close(d); // hung up
+    assert.deepEqual(native.epollWait(epollFd).sort(), [a, c].sort());
+    native.epollDelete(epollFd, a);
+    assert.deepEqual(native.epollWait(epollFd), [c]);
+    assertSystemError(() => native.epollDelete(epollFd, a), 'ENOENT', 'epoll_ctl');
+    assertSystemError(() => native.epollAdd(epollFd, [c]), 'EEXIST', 'epoll_ctl');
+    closeAll([epollFd, a, b, c]);
   });
 });
 

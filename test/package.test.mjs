@@ -92,8 +92,10 @@ test('the tarball installs offline with no compiler on the PATH, loads the prebu
   const { stdout: loaded } = await run(process.execPath, ['-e', `console.log(require('node-gyp-build').path(${JSON.stringify(installed)}))`], { cwd: project });
   assert.equal(loaded.trim(), path.join(installed, 'prebuilds', 'linux-x64', 'handover.glibc.node'));
 
-  // The example HTTP server, run from the project: it imports 'handover' from the installed package.
+  // The example HTTP server (with the scaffolding it shares with the other examples), run from the
+  // project: it imports 'handover' from the installed package.
   fs.copyFileSync(path.join(root, 'examples', 'http-server.mjs'), path.join(project, 'http-server.mjs'));
+  fs.cpSync(path.join(root, 'examples', 'lib'), path.join(project, 'lib'), { recursive: true });
   const group = sandbox.group();
   group.start([path.join(project, 'http-server.mjs'), '--port', '0', '--host', '127.0.0.1', '--dir', path.join(project, 'ctl')], { cwd: project });
   const [, firstPid, port] = await group.waitForLine(/^ready pid=(\d+) port=(\d+)/);

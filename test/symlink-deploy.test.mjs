@@ -10,7 +10,7 @@ import { Sandbox, root, get } from './helpers.mjs';
 const sandbox = new Sandbox();
 afterEach(() => sandbox.cleanup());
 
-/** A release: a copy of examples/http-server.mjs whose answers start with its version. */
+/** A release: a copy of examples/http-server.mjs (and examples/lib/) whose answers start with its version. */
 function makeRelease(app, version) {
   const dir = path.join(app, 'releases', version);
   fs.mkdirSync(dir, { recursive: true });
@@ -18,6 +18,7 @@ function makeRelease(app, version) {
   const patched = source.replace('res.end(`hello from ${process.pid}\\n`)', `res.end(\`${version} hello from \${process.pid}\\n\`)`);
   assert.notEqual(patched, source, 'the example still answers "hello from <pid>"');
   fs.writeFileSync(path.join(dir, 'server.mjs'), patched);
+  fs.cpSync(path.join(root, 'examples', 'lib'), path.join(dir, 'lib'), { recursive: true }); // what every example imports
   return dir;
 }
 

@@ -6,6 +6,34 @@ import { ProcessGroup, root, tmpDir } from './helpers.mjs';
 
 export const tlsCa = fs.readFileSync(path.join(root, 'test', 'fixtures', 'tls-cert.pem'));
 
+/**
+ * load runs `clients` loops of back-to-back calls until stop(); `send(i)` resolves with the pid that
+ * answered, or rejects (counted by its code, or its message). Returns the tally and the pids seen.
+ */
+export function load(clients, send) {
+  const tally = new Tally();
+  const pids = new Set();
+  let stopped = false;
+  const loops = Array.from({ length: clients }, async (_, i) => {
+    while (!stopped) {
+      try {
+        pids.add(await send(i));
+        tally.add('ok');
+      } catch (err) {
+        tally.add(err.code ?? err.message);
+      }
+    }
+  });
+  return {
+    tally,
+    pids,
+    stop: async () => {
+      stopped = true;
+      await Promise.all(loops);
+    },
+  };
+}
+
 /** startExample starts examples/<name> on a free port; returns { group, base, pid, port }. */
 export async function startExample(name, extraArgs = []) {
   const group = new ProcessGroup();

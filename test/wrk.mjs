@@ -1,16 +1,21 @@
-// Drive wrk (a real client that counts every failed request) and parse its report.
+// Drive wrk (a real client that counts every failed request) and parse its report. The tests and
+// the benchmarks (bench/) both use this module.
 import { spawn } from 'node:child_process';
 
 /**
  * runWrk runs wrk for `duration` seconds (or until `stop()`: SIGINT makes wrk stop and report) and
- * resolves with its counts.
+ * resolves with its counts. `scriptArgs` go to the Lua `script` (after `--`). With `nice`, wrk runs
+ * at that niceness: a load generator on the same cores as the servers must not starve a process
+ * that is starting (a successor, a new worker), as clients on other machines would not.
  */
-export function runWrk({ url, connections = 16, threads = 2, duration = 10, headers = [], script }) {
+export function runWrk({ url, connections = 16, threads = 2, duration = 10, headers = [], script, scriptArgs = [], nice }) {
   const args = [`-t${threads}`, `-c${connections}`, `-d${duration}s`, '--latency'];
   for (const header of headers) args.push('-H', header);
   if (script) args.push('-s', script);
   args.push(url);
-  const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  if (scriptArgs.length > 0) args.push('--', ...scriptArgs);
+  const command = nice === undefined ? ['wrk', ...args] : ['nice', '-n', String(nice), 'wrk', ...args]; // nice execs wrk: same pid
+  const child = spawn(command[0], command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.on('data', (chunk) => (out += chunk));
   child.stderr.on('data', (chunk) => (out += chunk));

@@ -30,19 +30,19 @@ const cpu = () => {
 const { values } = parseArgs({ options: { port: { type: 'string' }, dir: { type: 'string' } } });
 const TYPES = { 1: 'HELLO', 2: 'LISTENERS', 3: 'REFUSED', 4: 'READY', 5: 'READY_ACK', 6: 'CONN', 7: 'CONN_ACK', 8: 'WRITE', 9: 'WRITE_ACK', 10: 'BYE' };
 
-/** Control-channel messages: [t_ns (string), 'send'|'recv', type, fds]. */
+/** Control-channel messages: [t_ns (string), 'send'|'recv', type, fds, CPU µs used so far]. */
 const marks = [];
 {
   const native = require('../../dist/native.js').binding();
   const { sendmsg, recvmsg } = native;
   native.sendmsg = function (fd, data, fds) {
     const written = sendmsg.call(this, fd, data, fds);
-    if (written >= 0 && data.length > 12 && (data[3] & 1)) marks.push([String(now()), 'send', TYPES[data[12]] ?? data[12], fds.length]);
+    if (written >= 0 && data.length > 12 && (data[3] & 1)) marks.push([String(now()), 'send', TYPES[data[12]] ?? data[12], fds.length, cpu()]);
     return written;
   };
   native.recvmsg = function (fd, buffer, maxFds) {
     const message = recvmsg.call(this, fd, buffer, maxFds);
-    if (message && message.bytes > 12 && (buffer[3] & 1)) marks.push([String(now()), 'recv', TYPES[buffer[12]] ?? buffer[12], message.fds.length]);
+    if (message && message.bytes > 12 && (buffer[3] & 1)) marks.push([String(now()), 'recv', TYPES[buffer[12]] ?? buffer[12], message.fds.length, cpu()]);
     return message;
   };
 }
@@ -67,6 +67,7 @@ let run;
 let connections = 0;
 const endRun = () => {
   run.end = now();
+  if (gen === "successor") run.cpu = cpu();
   run = undefined;
 };
 server.on('connection', () => {
@@ -91,13 +92,22 @@ say(`ready pid=${process.pid} port=${server.address().port} gen=${gen} t=${now()
 // no client connects between listen() and READY in this bench, so everything counted is adopted.)
 
 const printAdopted = () => {
-  say(`adopted pid=${process.pid} ${JSON.stringify({ connections, runs: runs.map((r) => [String(r.start), String(r.end), r.count]) })}`);
+  say(`adopted pid=${process.pid} ${JSON.stringify({ connections, runs: runs.map((r) => [String(r.start), String(r.end), r.count, r.cpu]) })}`);
   say(`marks pid=${process.pid} ${JSON.stringify(marks)}`);
 };
 
 upgrader.on('predecessorRetired', ({ clean }) => {
   say(`predecessor-retired pid=${process.pid} clean=${clean} t=${now()} cpu=${cpu()}`);
-  printAdopted();
+  // Connections acknowledged last may still be parked (the successor starts idle ones in slices
+  // once CONN frames stopped for a while): report once no connection arrived for 300 ms.
+  const since = now();
+  const settle = () => {
+    const last = runs.length > 0 ? runs[runs.length - 1].end : 0n;
+    const quietSince = last > since ? last : since;
+    if (run || now() - quietSince < 300_000_000n) setTimeout(settle, 20);
+    else printAdopted();
+  };
+  settle();
 });
 upgrader.on('retiring', ({ successorPid }) => say(`retiring pid=${process.pid} successor=${successorPid} t=${now()} cpu=${cpu()}`));
 upgrader.on('retired', (report) => {

@@ -17,6 +17,9 @@ import type { Http2Sessions, Http2SessionLike } from './http2-sessions';
 
 const debug = createDebug('handover:http');
 
+/** Connections stopped and checked per turn of the event loop when retirement begins. */
+const RETIRE_SLICE = 1024;
+
 /** What Node adds to keepAliveTimeout before it closes an idle connection (lib/_http_server.js). */
 const KEEP_ALIVE_TIMEOUT_BUFFER = 1000;
 
@@ -112,9 +115,35 @@ export class HttpAdapter implements ServerAdapter {
     if (this.move && this.canMove) {
       // Everything idle now moves now, in the same batches as the other servers' connections
       // (retirement starts every adapter in one turn); the rest at their next message boundary.
-      for (const socket of this.sockets) this.drain(socket, false);
-      const idle = new Set<object>(httpConnectionsList(this.server)?.idle() ?? []);
-      for (const socket of [...this.draining.keys()]) this.check(socket, idle);
+      // Each connection stops reading and is checked in one pass, RETIRE_SLICE per turn of the
+      // event loop: the first CONN frame leaves after its 253 connections, not after every
+      // connection of the server stopped reading, and between slices this process answers what
+      // is in flight (a busy connection moves right after its response). The idle list is read
+      // once; a slice with a connection not yet stopped that read bytes since (it may have begun
+      // a request) or was busy then (it may be idle now) reads it again.
+      let idle = new Set<object>(httpConnectionsList(this.server)?.idle() ?? []);
+      const pending = [...this.sockets].map((socket) => ({ socket, bytesRead: socket.bytesRead }));
+      let first = true;
+      const slice = (): void => {
+        if (!this.retiring || !this.move) return;
+        const batch = pending.splice(0, RETIRE_SLICE);
+        // Stale for a connection that read since, or that was busy then (it may be idle now).
+        const stale = (socket: net.Socket, bytesRead: number): boolean => {
+          if (socket.destroyed) return false;
+          const parser = httpParser(socket);
+          return socket.bytesRead !== bytesRead || (parser !== null && !idle.has(parser));
+        };
+        if (!first && batch.some(({ socket, bytesRead }) => stale(socket, bytesRead))) {
+          idle = new Set<object>(httpConnectionsList(this.server)?.idle() ?? []);
+        }
+        first = false;
+        for (const { socket } of batch) {
+          this.drain(socket, false);
+          this.check(socket, idle);
+        }
+        if (pending.length > 0) setImmediate(slice);
+      };
+      slice();
       return;
     }
     // Never closeIdleConnections(): "idle" is only the instant between a response and the next

@@ -11,10 +11,12 @@ export interface Frozen {
   thaw: () => void;
 }
 
+const NOTHING = Buffer.alloc(0);
+
 /** Takes what the stream already buffered (read from the kernel, not yet delivered), without emitting it. */
 function takeBuffered(socket: net.Socket): Buffer {
   const state = readableState(socket);
-  if (!state || state.length === 0) return Buffer.alloc(0);
+  if (!state || state.length === 0) return NOTHING;
   const dataListeners = socket.rawListeners('data') as ((...args: unknown[]) => void)[];
   socket.removeAllListeners('data');
   const chunks: Buffer[] = [];
@@ -37,7 +39,7 @@ export function freeze(socket: net.Socket): Frozen {
   const unfreeze = freezeReading(socket, (wasReading) => wasReading);
   const buffered = takeBuffered(socket);
   const wasFlowing = socket.readableFlowing === true;
-  socket.pause();
+  if (socket.readableFlowing !== false) socket.pause();
   const timeout = socketTimeout(socket);
   if (timeout > 0) socket.setTimeout(0);
   return {

@@ -1,7 +1,7 @@
 // The predecessor's side of moving connections over one control session: decide and freeze,
 // queue in the outbox, match CONN_ACKs, close this copy on ACK or hand the connection back.
 import * as net from 'node:net';
-import createDebug from 'debug';
+import { createDebug } from '../log';
 import { HandoverError } from '../errors';
 import type { Message } from '../protocol';
 import type { ControlSession } from '../session';
@@ -13,6 +13,9 @@ import { MoveWrites } from './writes';
 import type { Moving, TransferOptions } from './types';
 
 const debug = createDebug('handover:connections');
+
+/** Acknowledged copies closed per turn of the event loop once nothing waits to be sent. */
+const RELEASE_SLICE = 256;
 
 export interface MoverHooks {
   /** The listener key of a tracked socket, or undefined for a socket of no server given to listen(). */
@@ -59,6 +62,9 @@ export class ConnectionMover {
   private readonly flushing = new Set<Moving>();
   private settled: (() => void) | undefined;
   private readonly claimed = new WeakSet<net.Socket>();
+  /** Acknowledged connections whose copy here is not closed yet (see release()). */
+  private readonly released: net.Socket[] = [];
+  private releaseScheduled = false;
 
   constructor(
     private readonly session: ControlSession,
@@ -162,7 +168,10 @@ export class ConnectionMover {
       for (const id of message.acked) this.onAck(id);
       for (const { id, reason } of message.refused) this.onNack(id, reason);
       if (answersBatch) fault('conn-acked', 'predecessor', this.hooks.peerPid);
+      // Out of fds to dup: the acknowledged copies are closed first, to make room.
+      if (this.outbox.starved) this.closeReleased(Infinity);
       this.outbox.flush();
+      this.release();
       this.settled?.();
       return true;
     }
@@ -185,8 +194,6 @@ export class ConnectionMover {
     const forwards = entry.lateWrites || entry.held.length > 0;
     this.writes.acked(entry);
     this.hooks.moved(socket);
-    // Close only this process's copy of the fd: nothing goes on the wire, the successor holds
-    // the connection. Never end(), shutdown() or a reset.
     if (forwards) {
       // The socket object lives on as a forwarder until the application lets go of it (or, without
       // lateWrites, until the writes it made during the move are delivered).
@@ -195,9 +202,32 @@ export class ConnectionMover {
       socket.once('close', () => this.forwarding.delete(id));
       if (!entry.lateWrites) socket.end();
     } else {
-      socket.destroy();
+      this.released.push(socket);
     }
     entry.resolve();
+  }
+
+  /**
+   * release closes the copies here of acknowledged connections, off the critical path: while
+   * connections still wait to be sent, sending them comes first (a socket's destroy() and its
+   * 'close' listeners cost more than its move); then RELEASE_SLICE per turn of the event loop.
+   * Until closed, a copy is frozen (it reads nothing) and its writes go to the successor.
+   */
+  private release(): void {
+    if (this.releaseScheduled || this.released.length === 0) return;
+    if (this.outbox.queued > 0 && !this.closed && !this.settling) return; // the next CONN_ACK comes back here
+    this.releaseScheduled = true;
+    setImmediate(() => {
+      this.releaseScheduled = false;
+      this.closeReleased(RELEASE_SLICE);
+      this.release();
+    });
+  }
+
+  private closeReleased(count: number): void {
+    // Close only this process's copy of the fd: nothing goes on the wire, the successor holds
+    // the connection. Never end(), shutdown() or a reset.
+    for (const socket of this.released.splice(0, count)) socket.destroy();
   }
 
   private onNack(id: number, reason: string): void {
@@ -226,6 +256,7 @@ export class ConnectionMover {
    */
   settle(timeoutMs: number): Promise<void> {
     this.settling = true;
+    this.release();
     const err = new HandoverError('ERR_HANDOVER_CHANNEL_CLOSED', 'retiring ended before the connection could move; it stays here');
     this.giveBackFlushing(err);
     for (const entry of this.outbox.takeAll()) {
@@ -284,6 +315,7 @@ export class ConnectionMover {
       this.giveBack(entry, err);
     }
     this.writes.close();
+    this.closeReleased(Infinity);
     for (const entry of this.forwarding.values()) entry.socket.destroy();
     this.forwarding.clear();
     this.settled?.();

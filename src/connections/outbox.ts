@@ -1,6 +1,6 @@
 // The predecessor's outgoing CONN batches: as many connections per frame as fit, within the
 // successor's fd credit and this process's free fds; a connection that cannot leave yet waits.
-import createDebug from 'debug';
+import { createDebug } from '../log';
 import { binding, isNativeError } from '../native';
 import { HandoverError } from '../errors';
 import type { ConnEntry } from '../protocol';
@@ -14,7 +14,11 @@ const debug = createDebug('handover:connections');
 
 /** Most connections per CONN frame: the kernel's limit of fds per sendmsg. */
 const BATCH = 253;
-/** CONN frames sent ahead of their CONN_ACKs. */
+/**
+ * CONN frames sent ahead of their CONN_ACKs in any case; more leave while the kernel takes them at
+ * once (nothing queued in the channel: their dups are closed already, so they cost this process no
+ * fd), within the successor's credit.
+ */
 const WINDOW = 8;
 
 function isFdExhaustion(err: unknown): boolean {
@@ -30,6 +34,14 @@ export class Outbox {
   private readonly credit: CreditWindow;
   private flushScheduled = false;
   private closed = false;
+  /** The last flush stopped because this process had no free fd to dup: answers must free some first. */
+  starved = false;
+  /** Connections at the front of the queue that jumped it (decided after the queue's bulk). */
+  private urgent = 0;
+  /** A push happened in this turn of the event loop (the bulk of a retirement is one turn). */
+  private pushedThisTurn = false;
+  /** This turn's pushes found connections of an earlier turn still waiting: they go ahead. */
+  private lateTurn = false;
 
   /**
    * `stays` hands a connection back (it could not be sent); `maxBody` is what one frame's body
@@ -45,15 +57,32 @@ export class Outbox {
     this.credit = new CreditWindow(credit);
   }
 
+  /**
+   * push queues a connection. One decided in a later turn than the connections still waiting (a
+   * busy one that reached its message boundary after retirement began) goes ahead of them: its
+   * client is waiting for an answer, the idle ones are not.
+   */
   push(entry: Moving): void {
-    this.queue.push(entry);
+    if (!this.pushedThisTurn) {
+      this.pushedThisTurn = true;
+      this.lateTurn = this.queue.length > this.urgent;
+      setImmediate(() => (this.pushedThisTurn = false));
+    }
+    if (this.lateTurn) this.queue.splice(this.urgent++, 0, entry);
+    else this.queue.push(entry);
     // A full batch leaves at once, so the successor adopts while this process still decides.
     if (this.queue.length >= BATCH) this.flush();
     else this.scheduleFlush();
   }
 
+  /** Connections decided and not yet sent. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
   /** takeAll empties the queue (nothing in it has left): retirement is over, or the session ended. */
   takeAll(): Moving[] {
+    this.urgent = 0;
     return this.queue.splice(0);
   }
 
@@ -83,8 +112,9 @@ export class Outbox {
    * With nothing in flight to free one, it lends the socket's own fd instead of a dup.
    */
   flush(): void {
+    this.starved = false;
     const maxBody = this.maxBody();
-    while (this.queue.length > 0 && !this.closed && this.credit.batchesInFlight < WINDOW) {
+    while (this.queue.length > 0 && !this.closed && (this.credit.batchesInFlight < WINDOW || this.session.channel.pendingChunks === 0)) {
       const room = Math.min(BATCH, this.credit.available);
       if (room <= 0) {
         debug('waiting for fd credit from the successor (%d queued)', this.queue.length);
@@ -99,7 +129,7 @@ export class Outbox {
         const entry = this.queue[0]!;
         const bytes = entry.pending.length + entry.carriedBytes;
         if (bytes > maxBody) {
-          this.queue.shift();
+          this.next();
           this.stays(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `the connection's pending and unflushed bytes (${bytes}) exceed what one frame carries (${maxBody})`));
           continue;
         }
@@ -113,11 +143,11 @@ export class Outbox {
             starved = true;
             break;
           }
-          this.queue.shift();
+          this.next();
           this.stays(entry, new HandoverError('ERR_HANDOVER_NOT_MOVABLE', `cannot duplicate the connection's fd: ${(err as Error).message}`, { cause: err }));
           continue;
         }
-        this.queue.shift();
+        this.next();
         batch.push(entry);
         fds.push(fd);
         bodyBytes += bytes;
@@ -128,11 +158,18 @@ export class Outbox {
       }
       if (!starved) continue;
       if (this.credit.batchesInFlight > 0) {
+        this.starved = true;
         debug('no free fd to dup; waiting for answers (%d queued)', this.queue.length);
         return;
       }
-      this.lend(this.queue.shift()!);
+      this.lend(this.next());
     }
+  }
+
+  /** next takes the connection at the front of the queue. */
+  private next(): Moving {
+    if (this.urgent > 0) this.urgent--;
+    return this.queue.shift()!;
   }
 
   /** lend sends one connection with its own fd (no fd to spare for a dup); the fd stays open until it is in the kernel. */
