@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Renders bench/results/{alternatives,rpc,cost}.json into docs/benchmarks.md (between the
+// Renders bench/results/{alternatives,rpc,ws,cost}.json into docs/benchmarks.md (between the
 // `<!-- bench:NAME -->` … `<!-- /bench:NAME -->` markers; the rest of the page is left as it is) and
 // the timeline chart docs/benchmarks-timeline.svg (vega-lite, rendered headless).
 //   node bench/report.mjs
@@ -17,6 +17,7 @@ const load = (name) => {
 };
 const alternatives = load('alternatives');
 const rpc = load('rpc');
+const ws = load('ws');
 const cost = load('cost');
 
 const int = (n) => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '—');
@@ -140,7 +141,7 @@ function alternativesSection() {
     const zero = cells.length > 0 && cells.every((c) => c.errorTotal === 0);
     out.push(`- **${cells[0]?.label ?? v}**: ${zero ? 'zero errors in every run' : WHY[v] ?? ''}${zero && v !== 'handover' ? ` (${WHY[v]})` : ''}.`);
   }
-  out.push('- WebSocket row (ws clients: connections closed per upgrade, messages lost; handover vs restart vs PM2 reload): *to be filled when the WebSocket issue lands (examples/ws-server.mjs)*.');
+  out.push('- WebSockets (handover vs restart vs PM2 reload): see [WebSockets](#websockets) below.');
   return out.join('\n');
 }
 
@@ -169,6 +170,36 @@ function rpcSection() {
     );
   }
   out.push('', 'Errors are summed over the runs. A failed call of a plain restart or PM2 is a call whose connection closed under it (RpcSocketCloseError) or that found no connection (RpcNoProviderError, while the port was closed); the client then reconnects. Echo latency counts answered calls only.');
+  return out.join('\n');
+}
+
+function wsSection() {
+  if (!ws) return '_No results yet: run `node bench/ws-alternatives.mjs`._';
+  const out = [];
+  out.push(
+    machineLines(ws.machine, `; PM2 ${ws.machine.pm2}, ws ${ws.machine.ws ?? ''}`.replace(/, ws $/, '')),
+    '',
+    `\`node bench/ws-alternatives.mjs --runs ${ws.runs} --upgrades ${ws.upgrades} --clients ${ws.clients}\`: ${ws.clients} WebSocket clients (the npm \`ws\` client, bench/lib/ws-load.mjs), each sending a numbered message every ${ws.everyMs} ms and receiving a tick every 100 ms, through ${ws.upgrades} upgrades per run (${ws.gapMs} ms apart, each counted from its signal until the old process is gone and the new one serves). handover runs examples/ws-server.mjs; restart and PM2 run the same echo + tick app without the library (bench/lib/ws-app.mjs; under PM2 it closes its WebSockets with 1001 Going Away on SIGINT, then exits). A client whose connection closes does what users' clients do: it reconnects ${ws.reconnectMs} ms later (and every ${ws.reconnectMs} ms while the port refuses). *Lost*: messages sent on a connection that closed before their echo came back; *unsent*: messages the client could not send while it had no connection (one per 50 ms). Medians over ${ws.runs} runs, [ranges].`,
+    '',
+    '| variant | connections closed per upgrade [runs] | close codes | reconnects | refused reconnect attempts | messages lost [runs] | unsent while offline | offline per close ms | messages sent | upgrade ms | noise (cores) |',
+    '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+  );
+  const labels = { handover: 'handover', restart: 'plain restart', pm2: 'PM2 reload (cluster, 2 workers)' };
+  for (const v of [...new Set(ws.cells.map((c) => c.variant))]) {
+    const cs = ws.cells.filter((c) => c.variant === v && !c.crashed);
+    if (cs.length === 0) continue;
+    const codes = {};
+    for (const c of cs) for (const [k, n] of Object.entries(c.closeCodes)) codes[k] = (codes[k] ?? 0) + n;
+    const bold = v === 'handover' ? '**' : '';
+    out.push(
+      `| ${bold}${labels[v]}${bold} | ${bold}${ms(med(cs, (c) => c.closesPerUpgrade))}${bold} [${range(cs.map((c) => c.closesPerUpgrade), (n) => n.toFixed(1))}] | ${Object.entries(codes).map(([k, n]) => `${k} ×${int(n)}`).join(', ') || '—'} | ${int(med(cs, (c) => c.reconnects))} | ${int(med(cs, (c) => c.failedConnects))} | ` +
+        `${bold}${int(med(cs, (c) => c.lost))}${bold} [${range(cs.map((c) => c.lost))}] | ${int(med(cs, (c) => c.unsent))} | ${int(med(cs, (c) => c.offlineMsPerClose))} | ${int(med(cs, (c) => c.sent))} | ${int(med(cs, (c) => c.upgradeMs.median))} | ${range(cs.map((c) => c.noiseCores), (n) => n.toFixed(2))} |`,
+    );
+  }
+  for (const c of ws.cells.filter((c) => c.crashed)) out.push('', `Run ${c.run + 1}, ${labels[c.variant]}: the cell failed (${c.crashed.split('\n')[0]}).`);
+  const problems = ws.cells.filter((c) => c.problems?.length);
+  if (problems.length) out.push('', `Problems the clients saw: ${problems.map((c) => `run ${c.run + 1} ${labels[c.variant]}: ${c.problems.slice(0, 3).join('; ')}`).join(' · ')}.`);
+  out.push('', 'Close codes are summed over the runs: 1006 = the connection dropped with no close frame (the process was killed), 1001 = Going Away (the app closed it on its way out).');
   return out.join('\n');
 }
 
@@ -234,7 +265,15 @@ function summarySection() {
       rows.push(`| Bolt RPC, ${rpc.upgrades} upgrades, slow calls in flight: zero failed calls, zero reconnects | ${cs.map((c) => `${c.failed} / ${c.reconnects}`).join(', ')} (failed / reconnects, per run) | ${zero ? 'met' : '**missed**'} |`);
     }
   }
-  rows.push('| WebSocket: zero connections closed, zero messages lost | not measured yet (the WebSocket issue) | — |');
+  if (ws) {
+    const cs = ws.cells.filter((c) => c.variant === 'handover' && !c.crashed);
+    if (cs.length) {
+      const zero = cs.every((c) => c.closes === 0 && c.lost === 0 && c.reconnects === 0);
+      rows.push(`| WebSocket, ${ws.clients} \`ws\` clients, ${ws.upgrades} upgrades: zero connections closed, zero messages lost | ${cs.map((c) => `${c.closes} / ${c.lost}`).join(', ')} (closed / lost, per run) | ${zero ? 'met' : '**missed**'} |`);
+    }
+  } else {
+    rows.push('| WebSocket: zero connections closed, zero messages lost | not measured yet (`node bench/ws-alternatives.mjs`) | — |');
+  }
   if (cost?.startup) {
     for (const st of cost.startup) {
       const wallMet = st.extraMs <= 20;
@@ -265,6 +304,7 @@ doc = replaceSection(doc, 'summary', summarySection());
 doc = replaceSection(doc, 'alternatives', alternativesSection());
 doc = replaceSection(doc, 'chart', charted ? '![Requests/s and p99 latency per 100 ms through upgrades: handover, plain restart, PM2 reload](benchmarks-timeline.svg)' : '_No chart yet: run `node bench/alternatives.mjs`._');
 doc = replaceSection(doc, 'rpc', rpcSection());
+doc = replaceSection(doc, 'ws', wsSection());
 doc = replaceSection(doc, 'cost', costSection());
 fs.writeFileSync(docPath, doc);
 console.log(`wrote ${docPath}${charted ? ` and ${chartPath}` : ''}`);

@@ -7,8 +7,11 @@ import { CONTROL_SOCKET } from './control-dir';
 import { HandoverError, isHandoverError, type HandoverErrorCode } from './errors';
 import { FROM_GENERATION } from './lifecycle';
 import { isNativeError, type PeerCredentials } from './native';
-import { PROTOCOL_VERSION, type GenerationStatus, type Message, type MessageOf, type UpgradeStep } from './protocol';
-import { ControlSession } from './session';
+import type { GenerationStatus, Message, MessageOf, UpgradeStep } from './protocol';
+import type { ControlSession } from './session';
+
+// The session and the protocol load at the first request, not when the package is imported.
+const protocolVersion = (): typeof import('./protocol').PROTOCOL_VERSION => (require('./protocol') as typeof import('./protocol')).PROTOCOL_VERSION;
 
 /** The default --timeout of a status request, and of an upgrade request (ms). */
 export const STATUS_TIMEOUT = 5_000;
@@ -93,7 +96,7 @@ async function openControl(dir: string, timeout: number): Promise<{ session: Con
     if (isHandoverError(err, 'ERR_UPGRADE_READY_TIMEOUT')) throw new HandoverError('ERR_HANDOVER_TIMEOUT', err.message, { cause: err });
     throw new HandoverError('ERR_UPGRADE_REFUSED', `cannot connect to ${socketPath}: ${(err as Error).message}`, { cause: err });
   }
-  const session = new ControlSession(channel, 'client');
+  const session = new (require('./session') as typeof import('./session')).ControlSession(channel, 'client');
   let peer: PeerCredentials;
   try {
     peer = channel.peerCredentials();
@@ -132,7 +135,7 @@ export async function requestStatus(dir: string, options: ControlRequestOptions 
   const deadline = Date.now() + timeout;
   const { session, peer } = await openControl(dir, timeout);
   try {
-    await session.send({ type: 'STATUS', version: PROTOCOL_VERSION });
+    await session.send({ type: 'STATUS', version: protocolVersion() });
     const reply = await next(session, ['STATUS_REPLY'], deadline, 'the status');
     return { status: reply.status, peer };
   } finally {
@@ -154,7 +157,7 @@ export async function requestUpgrade(dir: string, options: ControlRequestOptions
   let successor: number | undefined;
   let ready = false;
   try {
-    await session.send({ type: 'UPGRADE', version: PROTOCOL_VERSION });
+    await session.send({ type: 'UPGRADE', version: protocolVersion() });
     for (;;) {
       let message;
       try {

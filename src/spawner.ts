@@ -1,7 +1,7 @@
 // Starting a successor (detached, in a process group of its own), watching it until it is ready,
 // and the process facts the upgrader needs (liveness, process groups), behind an injectable OS layer.
 import { EventEmitter } from 'node:events';
-import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import type { ChildProcess, SpawnOptions } from 'node:child_process';
 import * as fs from 'node:fs';
 import { createDebug } from './log';
 import { HandoverError } from './errors';
@@ -33,7 +33,8 @@ export interface ProcessLayer {
 
 /** The real processes of this machine (Linux /proc for groups and zombies). */
 export const systemProcesses: ProcessLayer = {
-  spawn: (file, args, options) => spawn(file, args, options),
+  // child_process loads at the first spawn (an upgrade), not when the package is imported.
+  spawn: (file, args, options) => (require('node:child_process') as typeof import('node:child_process')).spawn(file, args, options),
   kill: (pid, signal) => process.kill(pid, signal),
   processGroupOf(pid) {
     const fields = statFields(pid);

@@ -17,12 +17,14 @@ import { Successors, type Generation } from './successors';
 import { ControlRequests } from './control-requests';
 import { ServerSet } from './servers';
 import { adapterFor, setControlService } from './adapters/adapter';
-import { checkProtocol, ProtocolServerAdapter } from './adapters/net';
 import { checkTimeout, resolveOptions, type ListenOptions, type ResolvedOptions, type UpgraderEvents, type UpgraderOptions } from './options';
 import { serviceControlSockets } from './control-service';
 import { fault } from './faults';
 import { runtimeCapabilities } from './runtime';
 import { Systemd } from './systemd';
+
+// Protocol adapters load with the first listen() that names one (import-time cost only).
+const protocolAdapters = (): typeof import('./adapters/net') => require('./adapters/net') as typeof import('./adapters/net');
 
 const debug = createDebug('handover:upgrader');
 
@@ -144,7 +146,8 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     if (options.adopt !== undefined && typeof options.adopt !== 'function') throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.adopt must be a function');
     if (options.protocol !== undefined) {
       if (datagram) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.protocol: a UDP socket has no connections to move');
-      checkProtocol(options.protocol);
+      const adapters: typeof import('./adapters/net') = protocolAdapters();
+      adapters.checkProtocol(options.protocol);
       if (options.adopt !== undefined) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.adopt and options.protocol cannot be used together (give protocol an adopt())');
     }
     if (datagram && target.reusePort !== undefined) throw new HandoverError('ERR_HANDOVER_INVALID_ARG', 'options.reusePort is for TCP ports (a UDP socket takes reusePort in dgram.createSocket())');
@@ -173,7 +176,7 @@ export class Upgrader extends EventEmitter<UpgraderEvents> {
     }
     // A protocol adapter is one more ServerAdapter, run beside the built-in one of the server (if any).
     const builtIn = adapterFor(server);
-    const protocol = options.protocol && new ProtocolServerAdapter(server, options.protocol, builtIn, { warn: (err) => this.warn(err) });
+    const protocol = options.protocol && new (protocolAdapters().ProtocolServerAdapter)(server, options.protocol, builtIn, { warn: (err) => this.warn(err) });
     this.servers.add({ server, key, kind, backlog: target.backlog, adapter: protocol ?? builtIn, adopt: protocol?.adopt ?? options.adopt });
     server.on('connection', (socket: net.Socket) => this.tracker.track(socket, key));
   }

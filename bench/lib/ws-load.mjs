@@ -19,8 +19,8 @@ export class WsClient {
     this.broadcasts = new Map();
     this.localPort = undefined;
     this.ws.on('message', (data) => this.onMessage(data.toString()));
-    this.ws.on('close', (code) => this.closes.push(code));
-    this.ws.on('error', (err) => this.problem(`error: ${err.message}`));
+    this.ws.on('close', (code) => this.onClose(code));
+    this.ws.on('error', (err) => this.onError(err));
     this.opened = new Promise((resolve, reject) => {
       this.ws.once('open', () => {
         this.localPort = this.ws._socket.localPort;
@@ -28,6 +28,14 @@ export class WsClient {
       });
       this.ws.once('error', reject);
     });
+  }
+
+  onClose(code) {
+    this.closes.push(code);
+  }
+
+  onError(err) {
+    this.problem(`error: ${err.message}`);
   }
 
   problem(text) {
@@ -96,11 +104,99 @@ export class WsClient {
   }
 }
 
+/**
+ * ReconnectingWsClient: what users' clients do when the server goes away (a plain restart, a PM2
+ * reload): it counts the close and reconnects after `reconnectMs` (and again every `reconnectMs`
+ * while the port refuses), rather than failing. It numbers its messages across connections: a
+ * message sent on a connection that closed before its echo came back is *lost*; one the app could
+ * not send because no connection was open is *unsent*. Ticks count from 1 again on a new connection.
+ */
+export class ReconnectingWsClient extends WsClient {
+  constructor(url, options = {}) {
+    super(url, options);
+    this.url = url;
+    this.options = options;
+    this.reconnectMs = options.reconnectMs ?? 100;
+    this.reconnects = 0;
+    this.failedConnects = 0;
+    this.errors = {};
+    this.inFlight = new Set();
+    this.lost = 0;
+    this.unsent = 0;
+    this.offlineMs = 0;
+    this.isOpen = false;
+    this.stopped = false;
+    this.ws.once('open', () => (this.isOpen = true));
+  }
+
+  onError(err) {
+    const kind = err.code ?? err.message.slice(0, 40);
+    this.errors[kind] = (this.errors[kind] ?? 0) + 1;
+  }
+
+  onClose(code) {
+    if (this.isOpen) {
+      this.closes.push(code);
+      this.lost += this.inFlight.size;
+      this.inFlight.clear();
+      this.isOpen = false;
+      this.offlineSince = Date.now();
+    } else {
+      this.failedConnects++;
+    }
+    if (!this.stopped) setTimeout(() => this.reconnect(), this.reconnectMs);
+  }
+
+  reconnect() {
+    if (this.stopped) return;
+    const { perMessageDeflate = false, protocols = [], headers = {} } = this.options;
+    this.ws = new WebSocket(this.url, protocols, { perMessageDeflate, headers });
+    this.ws.on('message', (data) => this.onMessage(data.toString()));
+    this.ws.on('close', (code) => this.onClose(code));
+    this.ws.on('error', (err) => this.onError(err));
+    this.ws.once('open', () => {
+      this.isOpen = true;
+      this.reconnects++;
+      this.offlineMs += Date.now() - this.offlineSince;
+      this.lastTick = 0;
+    });
+  }
+
+  onMessage(text) {
+    if (!text.startsWith('echo:')) return super.onMessage(text);
+    const numbered = /:m(\d+)$/.exec(text);
+    if (!numbered) return;
+    const seq = Number(numbered[1]);
+    if (this.inFlight.delete(seq)) this.echoed++;
+    else this.problem(`echo m${seq} not awaited`);
+  }
+
+  send() {
+    if (this.stopped) return;
+    if (this.ws.readyState !== WebSocket.OPEN) {
+      this.unsent++;
+      return;
+    }
+    const seq = ++this.sent;
+    this.inFlight.add(seq);
+    this.ws.send(`m${seq}`);
+  }
+
+  get allEchoed() {
+    return this.inFlight.size === 0;
+  }
+
+  close() {
+    this.stopped = true;
+    super.close();
+  }
+}
+
 /** openClients opens `count` clients, `batch` at a time (a burst of 500 handshakes would only measure the accept queue). */
-export async function openClients(url, count, options = {}, batch = 50) {
+export async function openClients(url, count, options = {}, batch = 50, Client = WsClient) {
   const clients = [];
   for (let i = 0; i < count; i += batch) {
-    const some = Array.from({ length: Math.min(batch, count - i) }, () => new WsClient(url, options));
+    const some = Array.from({ length: Math.min(batch, count - i) }, () => new Client(url, options));
     await Promise.all(some.map((c) => c.opened));
     clients.push(...some);
   }

@@ -13,7 +13,7 @@ import { freezeReading } from '../runtime';
 import { httpConnectionsList, httpMessage, httpParser, kOnExecute, parserCallback, setParserCallback, type HttpParser } from '../runtime-http';
 import { registerAdapter, serviceControl, type MoveConnection, type ServerAdapter } from './adapter';
 import { instrumentParser, readToBoundary, type Draining } from './http-boundary';
-import { Http2Sessions, type Http2SessionLike } from './http2-sessions';
+import type { Http2Sessions, Http2SessionLike } from './http2-sessions';
 
 const debug = createDebug('handover:http');
 
@@ -81,7 +81,8 @@ export class HttpAdapter implements ServerAdapter {
       else if (this.retiring) this.closeAfterNextResponse(socket);
     });
     if (options.http2) {
-      const sessions = new Http2Sessions();
+      // Loaded for HTTP/2 servers only (import-time cost).
+      const sessions = new (require('./http2-sessions') as typeof import('./http2-sessions')).Http2Sessions();
       this.sessions = sessions;
       server.on('session', (session: Http2SessionLike) => sessions.follow(session));
     }
