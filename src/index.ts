@@ -16,7 +16,7 @@ export type {
   MoveNever,
   AdoptedProtocolConnection,
   JsonValue,
-} from './adapters/net';
+} from './adapters/contract';
 // The built-in adapters register themselves.
 import './adapters/http';
 export type { TransferOptions, AdoptHandler, AdoptedConnection } from './connections';

@@ -2,7 +2,7 @@
 import { HandoverError } from './errors';
 import type { ConnectionsReport } from './connection-tracker';
 import type { AdoptHandler } from './connections';
-import type { ProtocolAdapter } from './adapters/net';
+import type { ProtocolAdapter } from './adapters/contract';
 import type { SuccessorCommand } from './spawner';
 import { startCommand } from './start-context';
 

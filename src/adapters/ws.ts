@@ -8,7 +8,7 @@ import type * as http from 'node:http';
 import * as net from 'node:net';
 import { createDebug } from '../log';
 import type { WebSocket, WebSocketServer } from 'ws';
-import type { AdoptedProtocolConnection, MoveAnswer, ProtocolAdapter } from './net';
+import type { AdoptedProtocolConnection, MoveAnswer, ProtocolAdapter } from './contract';
 import {
   buildWebSocket,
   bytesToNextStep,

@@ -2,7 +2,7 @@
 // with CONN_ACK (and how many more fds it can take), and only then let the sockets read.
 import * as net from 'node:net';
 import { createDebug } from '../log';
-import { binding, type Poller } from '../native';
+import { binding } from '../native';
 import { HandoverError } from '../errors';
 import { closeFds } from '../listeners';
 import type { ConnEntry, Message } from '../protocol';
@@ -10,6 +10,7 @@ import type { ControlSession } from '../session';
 import { adoptSocket, attachToServer, serverAllowsHalfOpen } from '../runtime';
 import { fault } from '../faults';
 import { CreditMeter, fdCredit } from './credit';
+import { ParkingLot } from './parking';
 import type { AdoptHandler } from './types';
 
 const debug = createDebug('handover:connections');
@@ -69,8 +70,6 @@ export function startParkedConnections(): void {
 interface Parked {
   /** Its CONN_ACK is in the kernel: it may start. */
   acked: boolean;
-  /** Watched in the parking epoll set (it starts at once when readable). */
-  watched: boolean;
   fd: number;
   entry: ConnEntry;
   pending: Buffer;
@@ -97,9 +96,8 @@ export class ConnectionAdopter {
   private startScheduled = false;
   /** When the last CONN frame was handled (performance.now()). */
   private lastConn = -Infinity;
-  /** The parking epoll set and its poller, while connections are parked. */
-  private parking: { epollFd: number; poller: Poller } | undefined;
-  private readonly parkedByFd = new Map<number, Parked>();
+  /** Idle acknowledged connections, in one epoll set: each starts at once when readable. */
+  private readonly parking = new ParkingLot<Parked>((connection) => this.startParked(connection));
   /** The first frame's connections were all started before a second frame was answered. */
   private adoptionProven = false;
   /** While the first frame's connections start (in slices): their ids, and what answers the next frame. */
@@ -190,7 +188,6 @@ export class ConnectionAdopter {
       // Copies: the frame's body is one buffer; a parked connection must not keep all of it alive.
       parked.push({
         acked: false,
-        watched: false,
         fd,
         entry,
         pending: entry.pendingLength > 0 ? Buffer.from(message.body.subarray(pendingStart, writeStart)) : EMPTY,
@@ -240,68 +237,11 @@ export class ConnectionAdopter {
   }
 
   /**
-   * watch parks idle connections in the epoll set: each starts as soon as it is readable. Those
-   * with bytes to deliver start in the next slice; where epoll is missing, all of them do.
+   * watch parks idle connections: each starts as soon as it is readable. Those with bytes to
+   * deliver start in the next slice; where epoll is missing, all of them do.
    */
   private watch(connections: Parked[]): void {
-    const idle = connections.filter((c) => this.parked.has(c.entry.id) && c.pending.length === 0 && c.unflushed.length === 0);
-    if (idle.length === 0) return;
-    const native = binding();
-    try {
-      if (!this.parking) {
-        const epollFd = native.epollCreate();
-        const poller = native.createPoller(epollFd, () => this.onReadable());
-        poller.start(true, false);
-        this.parking = { epollFd, poller };
-      }
-      native.epollAdd(this.parking.epollFd, idle.map((c) => c.fd));
-    } catch (err) {
-      // No epoll here (or no fd for it): they start in slices like the others. Those added stay watched.
-      debug('cannot park connections: %s', (err as Error).message);
-    }
-    for (const c of idle) {
-      c.watched = this.parking !== undefined;
-      if (c.watched) this.parkedByFd.set(c.fd, c);
-    }
-  }
-
-  /** onReadable: parked connections whose client sent something (or hung up) start now. */
-  private onReadable(): void {
-    const parking = this.parking;
-    if (!parking) return;
-    for (;;) {
-      let ready: number[];
-      try {
-        ready = binding().epollWait(parking.epollFd);
-      } catch (err) {
-        debug('epoll_wait: %s', (err as Error).message);
-        return;
-      }
-      for (const fd of ready) {
-        const connection = this.parkedByFd.get(fd);
-        if (connection) this.startParked(connection);
-      }
-      if (ready.length < 256) break;
-    }
-  }
-
-  /** unwatch: the connection leaves the epoll set (libuv watches its fd from now on). */
-  private unwatch(connection: Parked): void {
-    if (!connection.watched) return;
-    connection.watched = false;
-    this.parkedByFd.delete(connection.fd);
-    const parking = this.parking;
-    if (!parking) return;
-    try {
-      binding().epollDelete(parking.epollFd, connection.fd);
-    } catch (err) {
-      debug('epoll_ctl(DEL) of fd %d: %s', connection.fd, (err as Error).message);
-    }
-    if (this.parkedByFd.size === 0) {
-      parking.poller.close();
-      closeFds([parking.epollFd]);
-      this.parking = undefined;
-    }
+    this.parking.park(connections.filter((c) => this.parked.has(c.entry.id) && c.pending.length === 0 && c.unflushed.length === 0));
   }
 
   /** startAll starts every acknowledged connection now (see startParkedConnections). */
@@ -322,7 +262,7 @@ export class ConnectionAdopter {
         // Frames are answered in order: past the first unanswered one, none is answered yet.
         if (!connection.acked || started === START_SLICE) break;
         // Parked idle connections wait while frames keep coming (they start when readable).
-        if (connection.watched && !quiet) continue;
+        if (!quiet && this.parking.has(connection)) continue;
         started++;
         this.startParked(connection);
       }
@@ -349,7 +289,7 @@ export class ConnectionAdopter {
       if (then) setImmediate(then);
     }
     if (this.parked.size === 0) adopters.delete(this);
-    this.unwatch(connection);
+    this.parking.leave(connection);
     let socket: net.Socket;
     try {
       // manualStart: it reads when start() says so (after its pending bytes are in place).
