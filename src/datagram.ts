@@ -7,6 +7,7 @@ import type * as dgram from 'node:dgram';
 import * as fs from 'node:fs';
 import { binding } from './native';
 import { HandoverError } from './errors';
+import { untilListening } from './listeners';
 
 interface UdpHandle {
   fd?: number;
@@ -63,23 +64,8 @@ export function datagramFd(socket: dgram.Socket): number {
 
 /** bindDatagram binds `socket` to an existing UDP fd, or to a fresh address, and resolves once it receives. */
 export function bindDatagram(socket: dgram.Socket, options: { fd: number } | { port: number; address?: string }): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error): void => {
-      socket.removeListener('listening', onListening);
-      reject(err);
-    };
-    const onListening = (): void => {
-      socket.removeListener('error', onError);
-      resolve();
-    };
-    socket.once('error', onError);
-    socket.once('listening', onListening); // emitted inside bind() for an fd
-    try {
-      socket.bind(options as dgram.BindOptions);
-    } catch (err) {
-      onError(err as Error);
-    }
-  });
+  // 'listening' is emitted inside bind() for an fd.
+  return untilListening(socket, () => socket.bind(options as dgram.BindOptions));
 }
 
 /**

@@ -1,5 +1,6 @@
 // Listener keys and the bridge between listening fds and net.Server: what a predecessor offers,
 // what a successor claims, and closing what nobody claimed.
+import type { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { createDebug } from './log';
 import { binding, type SocketInfo } from './native';
@@ -132,18 +133,31 @@ export function listenOnFd(server: net.Server, fd: number, backlog?: number): Pr
 
 /** listenWith calls server.listen(options) and settles on 'listening' or 'error'. */
 export function listenWith(server: net.Server, options: net.ListenOptions & { fd?: number }): Promise<void> {
+  return untilListening(server, () => server.listen(options as net.ListenOptions));
+}
+
+/**
+ * untilListening runs `start` (a listen() or bind()) and settles on the emitter's first
+ * 'listening' or 'error' (or what `start` throws), leaving neither listener behind.
+ */
+export function untilListening(emitter: EventEmitter, start: () => void): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error): void => {
-      server.removeListener('listening', onListening);
+      emitter.removeListener('listening', onListening);
       reject(err);
     };
     const onListening = (): void => {
-      server.removeListener('error', onError);
+      emitter.removeListener('error', onError);
       resolve();
     };
-    server.once('error', onError);
-    server.once('listening', onListening);
-    server.listen(options as net.ListenOptions);
+    emitter.once('error', onError);
+    emitter.once('listening', onListening);
+    try {
+      start();
+    } catch (err) {
+      emitter.removeListener('error', onError);
+      onError(err as Error);
+    }
   });
 }
 
